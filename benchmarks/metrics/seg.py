@@ -1,0 +1,110 @@
+"""Semantic-segmentation metrics on NYU40 ids (SPEC §6.5): dataset-wide confusion matrix, mIoU, pixel acc.
+
+Label handling:
+- GT: ignore_index (255), 0 (NYU40 "unlabeled") and negative ids (Hypersim's raw -1) are not evaluated;
+  every other GT id must be in 1 .. num_classes - 1.
+- Prediction: ids in 0 .. num_classes - 1. A predicted 0 on a labelled pixel is a wrong answer: it sits
+  in column 0 of the matrix, so it adds to that GT class's false negatives and lowers pixel accuracy.
+- Class 0 is never an evaluated class: it has no IoU and is left out of mIoU and per_class_iou.
+"""
+
+import numpy as np
+
+from genpercept_cli.palette import NYU40_CLASSES, colors_to_labels
+
+SEG_CONVENTIONS = ("mmseg", "detectron2")
+UNLABELED_ID = 0
+
+
+def decode_seg_prediction(rgb: np.ndarray, metric: str = "l1") -> np.ndarray:
+    """NYU40 colour map [H, W, 3] (uint8, or float in [0, 1]) -> uint8 [H, W] ids by nearest colour."""
+    return colors_to_labels(rgb, metric=metric)
+
+
+def _labelled_mask(gt: np.ndarray, ignore_index: int) -> np.ndarray:
+    """bool mask of GT pixels that are evaluated (not ignore_index, not unlabeled, not negative)."""
+    return (gt != ignore_index) & (gt > UNLABELED_ID)
+
+
+def confusion_matrix(
+    pred_ids: np.ndarray, gt_ids: np.ndarray, num_classes: int = 41, ignore_index: int = 255
+) -> np.ndarray:
+    """Confusion counts of one image over labelled pixels.
+
+    pred_ids, gt_ids: integer [H, W] class ids (see the module docstring for what is ignored).
+    Returns int64 [num_classes, num_classes], rows = GT id, columns = predicted id; row 0 is all zero.
+    """
+    pred, gt = np.asarray(pred_ids), np.asarray(gt_ids)
+    if pred.shape != gt.shape:
+        raise ValueError(
+            f"prediction and ground truth must have the same shape, got {pred.shape} and {gt.shape}"
+        )
+    labelled = _labelled_mask(gt, ignore_index)
+    g = gt[labelled].astype(np.int64)
+    p = pred[labelled].astype(np.int64)
+    if g.size and g.max() >= num_classes:
+        raise ValueError(f"ground-truth id {g.max()} is outside 0..{num_classes - 1} and not {ignore_index}")
+    if p.size and (p.min() < 0 or p.max() >= num_classes):
+        raise ValueError(f"predicted ids must lie in 0..{num_classes - 1}, got {p.min()}..{p.max()}")
+    counts = np.bincount(g * num_classes + p, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def iou_per_class(matrix: np.ndarray, convention: str = "mmseg") -> np.ndarray:
+    """IoU = TP / (GT + pred - TP) per class of a confusion matrix (rows GT, columns prediction).
+
+    convention "mmseg": NaN where the union is empty (class neither in GT nor predicted on labelled
+    pixels); a class predicted but absent from GT scores 0.
+    convention "detectron2": NaN where the class has no GT pixel, even if it was predicted.
+    Returns float64 [C] fractions in [0, 1]; entry 0 (unlabeled) is always NaN.
+    """
+    if convention not in SEG_CONVENTIONS:
+        raise ValueError(f"convention must be one of {SEG_CONVENTIONS}, got {convention!r}")
+    matrix = matrix.astype(np.float64)
+    tp = np.diag(matrix)
+    gt_count = matrix.sum(axis=1)
+    union = gt_count + matrix.sum(axis=0) - tp
+    scored = union > 0 if convention == "mmseg" else gt_count > 0
+    iou = np.full(len(tp), np.nan)
+    iou[scored] = tp[scored] / union[scored]
+    iou[UNLABELED_ID] = np.nan
+    return iou
+
+
+class SegAccumulator:
+    """Dataset-wide confusion matrix; mIoU and pixel accuracy over all images together.
+
+    compute() returns {"miou": %, "pixel_acc": %, "per_class_iou": {name: % or NaN}}, percentages in
+    0..100. mIoU is the mean over classes 1 .. C-1 whose IoU is not NaN under `convention` (see
+    `iou_per_class`); pixel_acc = correct labelled pixels / labelled pixels. Class names come from
+    NYU40_CLASSES when num_classes is 41, else "class_<id>"; class 0 is not listed.
+    """
+
+    def __init__(self, num_classes: int = 41, ignore_index: int = 255, convention: str = "mmseg"):
+        if convention not in SEG_CONVENTIONS:
+            raise ValueError(f"convention must be one of {SEG_CONVENTIONS}, got {convention!r}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.convention = convention
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, pred_ids: np.ndarray, gt_ids: np.ndarray) -> None:
+        """Add one image: integer [H, W] predicted and GT ids."""
+        self.matrix += confusion_matrix(pred_ids, gt_ids, self.num_classes, self.ignore_index)
+
+    def _class_names(self) -> tuple[str, ...]:
+        if self.num_classes == len(NYU40_CLASSES):
+            return NYU40_CLASSES
+        return tuple(f"class_{i}" for i in range(self.num_classes))
+
+    def compute(self) -> dict:
+        labelled = int(self.matrix.sum())
+        if labelled == 0:
+            raise ValueError("cannot compute segmentation metrics: no labelled ground-truth pixel was seen")
+        iou = iou_per_class(self.matrix, self.convention)
+        # never all-NaN here: a labelled pixel gives its GT class a non-empty union under both conventions
+        miou = 100.0 * float(np.nanmean(iou[UNLABELED_ID + 1:]))
+        correct = int(np.trace(self.matrix))  # row 0 is empty, so class 0 adds nothing
+        names = self._class_names()
+        per_class = {names[c]: 100.0 * float(iou[c]) for c in range(UNLABELED_ID + 1, self.num_classes)}
+        return {"miou": miou, "pixel_acc": 100.0 * correct / labelled, "per_class_iou": per_class}

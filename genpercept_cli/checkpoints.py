@@ -1,0 +1,302 @@
+"""Find and fetch checkpoints: the named registry, Hugging Face hub ids and local folders (SPEC §2).
+
+A checkpoint is a U-Net folder (`config.json` + `diffusion_pytorch_model.safetensors`), the shared
+`vae/` folder and, for the DPT-head model, a `dpt_head_*` folder. This module only locates files;
+`loading.py` turns them into modules.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+
+from .errors import CheckpointError
+
+TASKS = ("depth", "disparity", "normal", "dis", "matting", "seg")
+MODEL_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+DPT_FILES = ("model.safetensors",)
+_UNET_NAME = re.compile(r"unet_(?P<task>depth|disparity_dpt_head|disparity|normal|dis|matting|seg)(?:_(?P<version>v\d+))?")
+_DEFAULT_OUTPUT = {
+    "depth": "affine-invariant depth in [0,1], 0 = near, 1 = far",
+    "disparity": "affine-invariant disparity in [0,1], 1 = near",
+    "normal": "unit surface normals, x right, y up, z toward the camera",
+    "dis": "foreground probability in [0,1]",
+    "matting": "alpha matte in [0,1]",
+    "seg": "NYU40 colour map",
+}
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """Where a checkpoint lives and what it predicts.
+
+    Hub checkpoints set `repo` + `subfolder`; local ones set `unet_dir` + `vae_dir` (+ `dpt_dir`).
+    """
+
+    name: str
+    task: str
+    output: str
+    processing_res: int = 768
+    embedding: str = "v2"  # "v2": 2-token empty prompt; "v1": 77-token padded empty prompt
+    repo: str | None = None
+    subfolder: str | None = None
+    vae: str = "vae"
+    dpt_head: str | None = None
+    revision: str | None = None
+    sha256: dict = field(default_factory=dict)
+    unet_dir: Path | None = None
+    vae_dir: Path | None = None
+    dpt_dir: Path | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.unet_dir is not None
+
+    @property
+    def has_dpt_head(self) -> bool:
+        return self.dpt_head is not None or self.dpt_dir is not None
+
+    def vae_location(self) -> tuple[str, str]:
+        """(repo id, folder) of the VAE: "vae" is the checkpoint's own repo, "owner/repo/folder" another."""
+        parts = self.vae.split("/")
+        if len(parts) >= 3:
+            return "/".join(parts[:2]), "/".join(parts[2:])
+        return self.repo or "", self.vae
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """Local folders of a fetched checkpoint."""
+
+    spec: CheckpointSpec
+    unet_dir: Path
+    vae_dir: Path
+    dpt_dir: Path | None = None
+
+
+def _registry_text() -> str:
+    packaged = resources.files("genpercept_cli").joinpath("checkpoints.toml")
+    if packaged.is_file():  # wheel install: hatch copies the root file into the package
+        return packaged.read_text()
+    return (Path(__file__).resolve().parent.parent / "checkpoints.toml").read_text()  # source tree
+
+
+def load_registry() -> dict[str, CheckpointSpec]:
+    """Named checkpoints from `checkpoints.toml`, in file order."""
+    table = tomllib.loads(_registry_text())
+    return {name: CheckpointSpec(name=name, **entry) for name, entry in table.items()}
+
+
+def _task_from_folder_name(name: str) -> tuple[str | None, str | None, bool]:
+    """unet folder name -> (task, embedding version, has DPT head); Nones when the name says nothing."""
+    match = _UNET_NAME.fullmatch(name) or _UNET_NAME.match(name)
+    if not match:
+        return None, None, False
+    task = match["task"]
+    dpt = task == "disparity_dpt_head"
+    version = "v1" if match["version"] == "v1" else ("v2" if match["version"] else None)
+    return ("disparity" if dpt else task), version, dpt
+
+
+def _find_dpt_dir(*parents: Path) -> Path | None:
+    for parent in parents:
+        for candidate in sorted(parent.glob("dpt_head*")):
+            if (candidate / "model.safetensors").is_file():
+                return candidate
+    return None
+
+
+def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
+    """A local folder: a per-task repo (`unet_*` + `vae/`) or a `unet_*` folder whose parent has `vae/`."""
+    if (folder / "config.json").is_file() and (folder.parent / "vae").is_dir():
+        unet_dir, vae_dir = folder, folder.parent / "vae"
+    elif (folder / "vae").is_dir():
+        unets = sorted(p for p in folder.glob("unet*") if p.is_dir())
+        if len(unets) != 1:
+            found = ", ".join(p.name for p in unets) or "none"
+            raise CheckpointError(
+                f"{folder} must hold exactly one unet_* folder beside vae/ (found: {found}); "
+                "pass the unet_* folder itself to choose one."
+            )
+        unet_dir, vae_dir = unets[0], folder / "vae"
+    else:
+        raise CheckpointError(
+            f"{folder} is not a checkpoint folder: expected a unet_* folder beside vae/ "
+            "(like guangkaixu/genpercept-depth) or a unet_* folder whose parent holds vae/."
+        )
+    named_task, version, dpt = _task_from_folder_name(unet_dir.name)
+    task = _check_task(task, named_task, str(unet_dir))
+    dpt_dir = _find_dpt_dir(unet_dir.parent, unet_dir) if dpt else None
+    if dpt and dpt_dir is None:
+        raise CheckpointError(
+            f"{unet_dir.name} needs its DPT head: put dpt_head_identity/model.safetensors beside {unet_dir}."
+        )
+    return CheckpointSpec(
+        name=str(folder), task=task, output=_DEFAULT_OUTPUT[task], embedding=version or "v2",
+        unet_dir=unet_dir, vae_dir=vae_dir, dpt_dir=dpt_dir,
+    )
+
+
+def _check_task(requested: str | None, found: str | None, where: str) -> str:
+    if requested is not None and requested not in TASKS:
+        raise CheckpointError(f"unknown task {requested!r}; choose one of {', '.join(TASKS)}.")
+    if requested and found and requested != found:
+        raise CheckpointError(f"{where} is a {found} model, not {requested}; pick a {requested} checkpoint.")
+    task = requested or found
+    if task is None:
+        raise CheckpointError(f"cannot tell the task of {where} from its name; pass --task.")
+    return task
+
+
+def _hub_spec(ref: str, task: str | None, registry: dict[str, CheckpointSpec]) -> CheckpointSpec:
+    """`owner/repo/subfolder` or `owner/repo:subfolder` (or `owner/repo` of a registry entry)."""
+    repo, subfolder = _split_hub_ref(ref)
+    known = [s for s in registry.values() if s.repo == repo and (not subfolder or s.subfolder == subfolder)]
+    if task:
+        known = [s for s in known if s.task == task] or known
+    if subfolder == "" and len(known) != 1:
+        raise CheckpointError(
+            f"{ref} needs a U-Net folder: pass it as {repo}/unet_<task>_v2 (e.g. {repo}/unet_depth_v2)."
+        )
+    if known:
+        spec = known[0]
+        _check_task(task, spec.task, ref)
+        return replace(spec, name=ref)
+    named_task, version, dpt = _task_from_folder_name(subfolder.rsplit("/", 1)[-1])
+    task = _check_task(task, named_task, ref)
+    return CheckpointSpec(
+        name=ref, task=task, output=_DEFAULT_OUTPUT[task], embedding=version or "v2", repo=repo,
+        subfolder=subfolder, dpt_head="dpt_head_identity" if dpt else None,
+    )
+
+
+def _split_hub_ref(ref: str) -> tuple[str, str]:
+    """"owner/repo/sub/folder" or "owner/repo:sub/folder" -> ("owner/repo", "sub/folder")."""
+    head, sep, tail = ref.partition(":")
+    parts = head.split("/")
+    return "/".join(parts[:2]), (tail if sep else "/".join(parts[2:]))
+
+
+def resolve_checkpoint(ref: str, task: str | None = None) -> CheckpointSpec:
+    """A registry name, a local folder, or a hub reference -> CheckpointSpec (no download).
+
+    A local path wins over a hub id of the same spelling; a wrong `task` is refused.
+    """
+    registry = load_registry()
+    if ref in registry:
+        spec = registry[ref]
+        _check_task(task, spec.task, f"checkpoint {ref!r}")
+        return spec
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{ref} is a file; --checkpoint takes a folder, a registry name or a hub id.")
+        return _local_spec(path.resolve(), task)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+([/:][\w./-]+)?", ref):
+        return _hub_spec(ref, task, registry)
+    names = ", ".join(registry)
+    raise CheckpointError(f"no checkpoint {ref!r}: not a registry name ({names}), a folder or a hub id.")
+
+
+def default_checkpoint(task: str) -> str:
+    """Registry name of the default checkpoint for a task (the v2 model)."""
+    for name, spec in load_registry().items():
+        if spec.task == task and spec.embedding == "v2" and not spec.has_dpt_head:
+            return name
+    raise CheckpointError(f"no default checkpoint for task {task!r}.")
+
+
+def required_files(spec: CheckpointSpec) -> list[tuple[str, str]]:
+    """(repo id, path in repo) of every file a hub checkpoint needs."""
+    vae_repo, vae_dir = spec.vae_location()
+    files = [(spec.repo, f"{spec.subfolder}/{f}") for f in MODEL_FILES]
+    files += [(vae_repo, f"{vae_dir}/{f}") for f in MODEL_FILES]
+    if spec.dpt_head:
+        files += [(spec.repo, f"{spec.dpt_head}/{f}") for f in DPT_FILES]
+    return files
+
+
+def _offline_message(spec: CheckpointSpec, missing: list[tuple[str, str]], reason: str) -> str:
+    listed = ", ".join(f"{repo}/{path}" for repo, path in missing)
+    layout = f"FOLDER/{spec.subfolder}/ and FOLDER/{spec.vae_location()[1]}/"
+    return (
+        f"cannot fetch checkpoint {spec.name!r} ({reason}): download {listed} "
+        f"into {layout} (the hub layout) and pass --checkpoint FOLDER/{spec.subfolder}, "
+        "or connect to huggingface.co and retry."
+    )
+
+
+def cached_status(spec: CheckpointSpec, cache_dir: str | Path | None = None) -> str:
+    """'local', 'cached', 'partial' or 'not cached' — what is already on this machine."""
+    if spec.is_local:
+        return "local"
+    from huggingface_hub import try_to_load_from_cache
+
+    hits = [
+        isinstance(try_to_load_from_cache(repo, path, cache_dir=cache_dir, revision=spec.revision), str)
+        for repo, path in required_files(spec)
+    ]
+    return "cached" if all(hits) else ("partial" if any(hits) else "not cached")
+
+
+def _verify_sha256(spec: CheckpointSpec, repo_path: str, local: Path) -> None:
+    expected = spec.sha256.get(repo_path)
+    if not expected:
+        return
+    blob = Path(os.path.realpath(local))
+    if blob.name == expected:  # hub LFS blobs are named by their sha256: no need to re-hash 3 GB
+        return
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(blob, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise CheckpointError(f"{repo_path} of {spec.name!r} does not match its sha256; delete it and retry.")
+
+
+def fetch_checkpoint(
+    spec: CheckpointSpec, cache_dir: str | Path | None = None, local_files_only: bool | None = None
+) -> CheckpointFiles:
+    """Local folders for a checkpoint, downloading only the needed files into the hub cache.
+
+    `local_files_only` defaults to the HF_HUB_OFFLINE environment setting. Raises CheckpointError
+    with one sentence naming the files and where to put them when they cannot be had.
+    """
+    if spec.is_local:
+        for folder in (spec.unet_dir, spec.vae_dir):
+            missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
+            if missing:
+                raise CheckpointError(f"{folder} lacks {', '.join(missing)}; copy them from the released checkpoint.")
+        return CheckpointFiles(spec, spec.unet_dir, spec.vae_dir, spec.dpt_dir)
+
+    from huggingface_hub import hf_hub_download
+
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    paths: dict[str, Path] = {}
+    files = required_files(spec)
+    for i, (repo, repo_path) in enumerate(files):
+        try:
+            local = hf_hub_download(
+                repo, repo_path, revision=spec.revision, cache_dir=cache_dir, local_files_only=local_files_only
+            )
+        except Exception as exc:  # offline, DNS, 404, gated: all end in the same advice
+            reason = "offline or unreachable" if _looks_offline(exc) else f"{type(exc).__name__}"
+            raise CheckpointError(_offline_message(spec, files[i:], reason)) from None
+        _verify_sha256(spec, repo_path, Path(local))
+        paths[repo_path] = Path(local).parent
+    vae_dir = paths[f"{spec.vae_location()[1]}/{MODEL_FILES[1]}"]
+    dpt_dir = paths.get(f"{spec.dpt_head}/{DPT_FILES[0]}") if spec.dpt_head else None
+    return CheckpointFiles(spec, paths[f"{spec.subfolder}/{MODEL_FILES[1]}"], vae_dir, dpt_dir)
+
+
+def _looks_offline(exc: Exception) -> bool:
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    offline = {"LocalEntryNotFoundError", "ConnectError", "ConnectionError", "ConnectTimeout", "OfflineModeIsEnabled"}
+    return bool(names & offline) or "offline" in str(exc).lower() or "connect" in str(exc).lower()

@@ -1,0 +1,109 @@
+"""Turn checkpoint folders into modules: U-Net, VAE, DPT head, empty-prompt embedding (SPEC §2)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+
+EMBED_FILE = "sd21_empty_text_embed_77x1024_fp16.npy"
+EMBED_TOKENS = {"v1": 77, "v2": 2}
+EMBED_DIM = 1024
+
+
+def empty_text_embedding(version: str = "v2") -> torch.Tensor:
+    """The SD2.1 empty-prompt embedding, float32 [1, T, 1024]; T = 2 (v2, unpadded) or 77 (v1, padded).
+
+    Provenance: the 77x1024 fp16 array published with GenPercept v1 (OpenCLIP ViT-H text encoder of
+    SD2.1, last hidden state). The text transformer is causal, so rows 0-1 of the padded output are the
+    unpadded 2-token output; the v2 constant is therefore exact up to fp16 rounding (|err| <= 2^-11 rel.).
+    """
+    if version not in EMBED_TOKENS:
+        raise CheckpointError(f"unknown embedding version {version!r}; use v1 or v2.")
+    with resources.files("genpercept_cli").joinpath("data").joinpath(EMBED_FILE).open("rb") as fh:
+        table = np.load(fh)  # [77, 1024] float16
+    return torch.from_numpy(table[: EMBED_TOKENS[version]].astype(np.float32))[None]
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; the folder must hold config.json and the weights.") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+    # v1 U-Nets say "CustomUNet2DConditionModel": same weights, so the class name is never trusted.
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; copy it from the released checkpoint.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is truncated or corrupt ({exc}); download it again.") from None
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Path, dtype: torch.dtype) -> None:
+    """Load `state` into a meta-initialised module; every key must match, names listed otherwise."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+        raise CheckpointError(f"{where} does not match its config: {'; '.join(parts)}.")
+    module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+
+
+def _build(cls, folder: Path, dtype: torch.dtype, drop: tuple[str, ...] = ()):
+    import diffusers
+
+    diffusers.logging.set_verbosity_error()  # unknown v1 config keys would otherwise warn
+    config = _read_config(folder)
+    state = _read_weights(folder / "diffusion_pytorch_model.safetensors")
+    if drop:
+        state = {k: v for k, v in state.items() if not any(d in k for d in drop)}
+    try:
+        with torch.device("meta"):  # no random init of 865M parameters we overwrite anyway
+            module = cls.from_config(config)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{folder / 'config.json'} is not a valid {cls.__name__} config ({exc}).") from None
+    if drop:
+        from .dpt import prepare_dpt_unet
+
+        module = prepare_dpt_unet(module)
+    load_strict(module, state, folder, dtype)
+    return module.eval().requires_grad_(False)
+
+
+def load_unet(folder: Path, dtype: torch.dtype = torch.float32, dpt: bool = False):
+    """diffusers UNet2DConditionModel from `folder`; `dpt=True` drops conv_out / conv_norm_out."""
+    from diffusers import UNet2DConditionModel
+
+    unet = _build(UNet2DConditionModel, folder, dtype, drop=("conv_out", "conv_norm_out") if dpt else ())
+    if unet.config.cross_attention_dim != EMBED_DIM:
+        raise CheckpointError(
+            f"{folder} has cross_attention_dim {unet.config.cross_attention_dim}, not the SD2.1 {EMBED_DIM}."
+        )
+    return unet
+
+
+def load_vae(folder: Path, dtype: torch.dtype = torch.float32):
+    """diffusers AutoencoderKL from `folder` (the released VAE stores fp16 weights)."""
+    from diffusers import AutoencoderKL
+
+    return _build(AutoencoderKL, folder, dtype)

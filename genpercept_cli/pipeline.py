@@ -1,0 +1,268 @@
+"""The one-step GenPercept pipeline (SPEC §3), as numbered steps.
+
+    uint8 RGB -> resize (floor, antialias) -> [-1, 1] -> VAE encode (mode x 0.18215)
+    -> U-Net at t = 1 with the empty prompt -> negate -> VAE decode -> task head -> resize back
+
+Images of equal processed size are stacked into one batch: the maths is per-sample, so batching is
+exact. The DPT-head variant replaces "negate -> decode" with U-Net features -> DPT head -> per-image
+min-max.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import CheckpointFiles, CheckpointSpec, fetch_checkpoint, resolve_checkpoint
+from .errors import GenPerceptError
+
+LATENT_SCALE = 0.18215
+TIMESTEP = 1
+ONE_CHANNEL_TASKS = ("depth", "disparity", "dis", "matting")
+
+
+class NonFiniteError(GenPerceptError):
+    """A batch that stayed non-finite even after the fp32 retry."""
+
+
+def processed_size(height: int, width: int, processing_res: int) -> tuple[int, int]:
+    """(h, w) after scaling the long side to `processing_res` (floor); 0 keeps the native size."""
+    if processing_res == 0:
+        return height, width
+    scale = min(processing_res / width, processing_res / height)
+    return max(1, int(height * scale)), max(1, int(width * scale))
+
+
+def resize_float(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize with antialias of a float tensor [B, C, H, W] (the one resize of the tool)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> uint8 [B, 3, h, w] as torchvision v1 does for tensors: float, resize, round.
+
+    Torch's native uint8 antialias kernel differs by +-1 on ~20% of pixels, so it is not used.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return resize_float(x.float(), size).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> uint8 [1, 3, H, W]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+
+
+@dataclass
+class Stages:
+    """The modules of one checkpoint, already on the device in the compute dtype."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    embedding: torch.Tensor  # [1, T, 1024]
+    dpt_head: torch.nn.Module | None = None
+
+
+class GenPerceptPipeline:
+    """One-step dense prediction with a GenPercept checkpoint.
+
+    >>> pipe = GenPerceptPipeline.from_checkpoint("depth")
+    >>> depth = pipe(image)  # float32 [H, W] in [0, 1], 0 = near
+    """
+
+    def __init__(
+        self,
+        stages: Stages,
+        spec: CheckpointSpec,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.stages = stages
+        self.spec = spec
+        self.task = spec.task
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.recoveries = 0  # batches re-run in fp32 after a non-finite half-precision result
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | CheckpointSpec = "depth",
+        task: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> GenPerceptPipeline:
+        """Resolve, fetch and load a checkpoint (registry name, hub id or local folder)."""
+        spec = checkpoint if isinstance(checkpoint, CheckpointSpec) else resolve_checkpoint(checkpoint, task)
+        files = fetch_checkpoint(spec, cache_dir=cache_dir)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        return cls(load_stages(files, device, dtype), spec, device, dtype)
+
+    # -- the steps -----------------------------------------------------------------------------
+    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, h, w] -> latent [B, 4, h/8, w/8] (distribution mode x 0.18215)."""
+        x = rgb.to(self.device, self.dtype) / 255.0 * 2.0 - 1.0  # [B,3,h,w] in [-1,1]
+        vae = self.stages.vae
+        moments = vae.quant_conv(vae.encoder(x))  # [B,8,h/8,w/8]
+        mean, _logvar = moments.chunk(2, dim=1)
+        return mean * LATENT_SCALE
+
+    def denoise(self, latent: torch.Tensor) -> torch.Tensor:
+        """One U-Net step at t = 1: the prediction is -v (DDIM with alpha_bar = 0, v-prediction)."""
+        embed = self.stages.embedding.expand(latent.shape[0], -1, -1)  # [B,T,1024]
+        v = self.stages.unet(latent, TIMESTEP, encoder_hidden_states=embed, return_dict=False)[0]
+        return -v
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """latent [B, 4, h/8, w/8] -> image-space prediction [B, 3, h, w], roughly in [-1, 1]."""
+        vae = self.stages.vae
+        return vae.decoder(vae.post_quant_conv(latent / LATENT_SCALE))
+
+    def head(self, y: torch.Tensor) -> torch.Tensor:
+        """Decoder output [B, 3, h, w] -> [B, C, h, w] in [0, 1] (C = 1 for 1-channel tasks, else 3)."""
+        y = y.float()
+        if self.task in ONE_CHANNEL_TASKS:
+            y = y.mean(dim=1, keepdim=True)
+        return (y.clamp(-1.0, 1.0) + 1.0) / 2.0
+
+    def dpt_predict(self, latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """DPT-head variant: U-Net up-block features -> DPT head -> per-image min-max, [B, 1, h, w]."""
+        from .dpt import minmax_per_image, unet_up_block_features
+
+        embed = self.stages.embedding.expand(latent.shape[0], -1, -1)
+        features = unet_up_block_features(self.stages.unet, latent, TIMESTEP, embed)
+        out = self.stages.dpt_head(features, size).float()
+        return minmax_per_image(out)
+
+    @torch.inference_mode()
+    def predict_batch(self, rgb: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, h, w] (already at processing size) -> float32 [B, C, h, w] in [0, 1].
+
+        Half-precision overflow (inf/NaN) is detected per batch and the batch is re-run in fp32.
+        """
+        out = self._run(rgb)
+        if not torch.isfinite(out).all():
+            if self.dtype == torch.float32:
+                raise NonFiniteError("the model produced non-finite values in float32.")
+            self.recoveries += 1
+            with self._precision(torch.float32):
+                out = self._run(rgb)
+            if not torch.isfinite(out).all():
+                raise NonFiniteError("the model produced non-finite values even in float32.")
+        return out
+
+    def _run(self, rgb: torch.Tensor) -> torch.Tensor:
+        size = tuple(rgb.shape[-2:])
+        latent = self.encode(rgb)  # [B,4,h/8,w/8]
+        if self.stages.dpt_head is not None:
+            return self.dpt_predict(latent, size)
+        return self.head(self.decode(self.denoise(latent)))
+
+    def _precision(self, dtype: torch.dtype):
+        return _Precision(self, dtype)
+
+    # -- post-processing -----------------------------------------------------------------------
+    def postprocess(self, pred: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """[C, h, w] in [0, 1] -> numpy at the input size: [H, W] (1-channel) or [H, W, 3].
+
+        Normals come back as unit vectors n = 2p - 1, renormalised after the resize.
+        """
+        p = resize_float(pred[None].float(), size)[0].clamp_(0.0, 1.0)  # [C,H,W]
+        if self.task == "normal":
+            n = p * 2.0 - 1.0
+            p = n / n.norm(dim=0, keepdim=True).clamp_min(1e-6)
+        if p.shape[0] == 1:
+            return p[0].cpu().numpy()
+        return p.permute(1, 2, 0).cpu().numpy()
+
+    def __call__(self, images, processing_res: int | None = None, batch_size: int = 1):
+        """Predict for one uint8 [H, W, 3] image or a list of them; returns the same arity.
+
+        Images are bucketed by processed size and stacked `batch_size` at a time.
+        """
+        single = isinstance(images, np.ndarray)
+        images = [images] if single else list(images)
+        res = self.spec.processing_res if processing_res is None else processing_res
+        results: list[np.ndarray | None] = [None] * len(images)
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            buckets.setdefault(processed_size(*image.shape[:2], res), []).append(i)
+        for size, indices in buckets.items():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                rgb = torch.cat([resize_uint8(image_to_tensor(images[i]), size) for i in chunk])
+                preds = self.predict_batch(rgb)
+                for i, pred in zip(chunk, preds):
+                    results[i] = self.postprocess(pred, images[i].shape[:2])
+        return results[0] if single else results
+
+
+class _Precision:
+    """Temporarily run all stages in another dtype (lossless round trip fp16/bf16 -> fp32 -> back)."""
+
+    def __init__(self, pipe: GenPerceptPipeline, dtype: torch.dtype):
+        self.pipe, self.dtype, self.saved = pipe, dtype, pipe.dtype
+
+    def _cast(self, dtype: torch.dtype) -> None:
+        s = self.pipe.stages
+        for module in (s.unet, s.vae, s.dpt_head):
+            if module is not None:
+                module.to(dtype)
+        s.embedding = s.embedding.to(dtype)
+        self.pipe.dtype = dtype
+
+    def __enter__(self):
+        self._cast(self.dtype)
+
+    def __exit__(self, *exc):
+        self._cast(self.saved)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto'/None -> cuda if available, else cpu; refuses a cuda request without a GPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GenPerceptError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu.")
+    return device
+
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """'auto'/None -> fp16 on CUDA, fp32 elsewhere; names fp32/fp16/bf16 accepted."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise GenPerceptError(f"unknown dtype {dtype!r}; choose auto, fp32, fp16 or bf16.")
+    return _DTYPES[dtype]
+
+
+def load_stages(files: CheckpointFiles, device: torch.device, dtype: torch.dtype) -> Stages:
+    """Load the U-Net, VAE (and DPT head) of a fetched checkpoint onto `device` in `dtype`."""
+    from .loading import empty_text_embedding, load_unet, load_vae
+
+    dpt = files.dpt_dir is not None
+    unet = load_unet(files.unet_dir, dtype, dpt=dpt).to(device)
+    vae = load_vae(files.vae_dir, dtype).to(device)
+    head = None
+    if dpt:
+        from .dpt import DPTHead
+
+        head = DPTHead.from_pretrained(files.dpt_dir, dtype=dtype).to(device)
+    embedding = empty_text_embedding(files.spec.embedding).to(device, dtype)
+    return Stages(unet=unet, vae=vae, embedding=embedding, dpt_head=head)

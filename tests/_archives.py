@@ -1,0 +1,59 @@
+"""Builders for miniature benchmark archives in the public layouts (used by test_datasets.py)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    """uint8 [H, W] / [H, W, 3] or uint16 [H, W] (saved as a 16-bit PNG) -> PNG bytes."""
+    image = Image.fromarray(array, mode) if mode else Image.fromarray(array)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpg_bytes(array: np.ndarray, quality: int = 95, exif: bytes | None = None) -> bytes:
+    buffer = io.BytesIO()
+    kwargs = {"exif": exif} if exif is not None else {}
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality, **kwargs)
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def write_tar(path: Path, files: dict[str, bytes], prefix: str = "./") -> Path:
+    """A plain tar whose member names are `prefix + name` (Marigold's archives use "./")."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(prefix + name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_zip(path: Path, files: dict[str, bytes], prefix: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(prefix + name, data)
+    return path
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return root

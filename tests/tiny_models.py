@@ -1,0 +1,87 @@
+"""Tiny random GenPercept checkpoints in exactly the released folder layout (SPEC §2).
+
+    root/unet_<task>_v2/{config.json, diffusion_pytorch_model.safetensors}   # fp32, like the release
+    root/vae/{config.json, diffusion_pytorch_model.safetensors}              # fp16, like the release
+
+Same block types as SD2.1 (4 down/up blocks, cross-attention 1024, linear projection, 8x VAE), tiny
+widths, so the real loading and pipeline code runs on them in milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+UNET_CONFIG = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(8, 8, 16, 16),
+    layers_per_block=1,
+    attention_head_dim=(2, 2, 4, 4),
+    cross_attention_dim=1024,
+    use_linear_projection=True,
+    norm_num_groups=4,
+)
+
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(8, 8, 16, 16),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=4,
+    sample_size=32,
+)
+
+TASK_FOLDERS = {
+    "depth": "unet_depth_v2",
+    "disparity": "unet_disparity_v2",
+    "normal": "unet_normal_v2",
+    "dis": "unet_dis_v2",
+    "matting": "unet_matting_v2",
+    "seg": "unet_seg_v2",
+}
+
+
+def _randomise(module: torch.nn.Module, seed: int) -> None:
+    """Non-trivial weights: diffusers zero-inits some output convs, which would hide bugs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.ndim > 1 else 0.05))
+
+
+def make_unet(seed: int = 0, **overrides):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(**{**UNET_CONFIG, **overrides})
+    _randomise(unet, seed)
+    return unet.eval()
+
+
+def make_vae(seed: int = 100):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(**VAE_CONFIG)
+    _randomise(vae, seed)
+    return vae.eval()
+
+
+def write_checkpoint_root(root: Path, tasks=tuple(TASK_FOLDERS), seed: int = 0) -> Path:
+    """Write a genpercept-models-like root with one U-Net per task and the shared fp16 VAE."""
+    root.mkdir(parents=True, exist_ok=True)
+    make_vae(seed + 100).half().save_pretrained(root / "vae", safe_serialization=True)
+    for i, task in enumerate(tasks):
+        make_unet(seed + i).save_pretrained(root / TASK_FOLDERS[task], safe_serialization=True)
+    return root
+
+
+def write_task_repo(root: Path, task: str = "depth", seed: int = 0) -> Path:
+    """A per-task repo like guangkaixu/genpercept-depth: one unet_* folder beside vae/."""
+    return write_checkpoint_root(root, tasks=(task,), seed=seed)
