@@ -188,7 +188,8 @@ class DPTHead(nn.Module):
             with torch.device("meta"):  # weights are assigned from the file, no random init
                 head = cls(in_channels, features)
         except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{folder / 'config.json'} is not a valid DPT head config ({exc}).") from None
+            where = folder / "config.json"
+            raise CheckpointError(f"{where} is not a valid DPT head config ({exc}).") from None
         load_strict(head, _read_weights(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE, dtype)
         return head.eval().requires_grad_(False)
 

@@ -38,7 +38,7 @@ def read_size(path: str | Path) -> tuple[int, int]:
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"{path}: {_describe(exc)}") from None
     except OSError as exc:
-        raise ImageReadError(f"{path}: cannot read ({exc}).") from None
+        raise ImageReadError(f"{path}: the file is truncated or unreadable ({exc}).") from None
     if w == 0 or h == 0:
         raise ImageReadError(f"{path}: the image has zero pixels.")
     if w * h > MAX_PIXELS:

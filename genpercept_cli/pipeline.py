@@ -10,6 +10,7 @@ min-max.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> uint8 [1, 3, H, W]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].contiguous()
 
 
 @dataclass
@@ -107,6 +108,50 @@ class GenPerceptPipeline:
         dtype = resolve_dtype(dtype, device)
         return cls(load_stages(files, device, dtype), spec, device, dtype)
 
+    # -- fast path (all opt-in: the defaults run the exact SPEC §3 maths) -------------------------
+    tiled_decode_above: int | None = None  # image pixels (h*w) above which `decode` goes tile by tile
+    batch_buckets = False  # pad batches to powers of two (set by optimize(compile=True))
+    cuda_graphs = False
+
+    def optimize(
+        self,
+        channels_last: bool = False,
+        compile: bool = False,
+        tiled_decode_above: int | None = None,
+        cuda_graphs: bool = False,
+        compile_backend: str = "inductor",
+    ) -> GenPerceptPipeline:
+        """Switch fast-path options on in place; returns self. Measured by `genpercept bench-speed`.
+
+        channels_last: NHWC weights, so oneDNN / cuDNN pick NHWC convolution kernels (not bit-exact).
+        compile: `torch.compile` the VAE encoder/decoder, the U-Net (not the DPT-feature U-Net, whose
+        up-block hooks would defeat tracing) and the DPT head, with static shapes; batches are padded to
+        a power of two, so each processed size compiles at most log2(batch) + 1 times.
+        cuda_graphs: with compile on CUDA, replay CUDA graphs for each static shape ("reduce-overhead").
+        tiled_decode_above: decode images with more pixels than this tile by tile (bounded memory).
+        """
+        s = self.stages
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        for module in (s.unet, s.vae, s.dpt_head):
+            if module is not None:
+                module.to(memory_format=fmt)
+        self.tiled_decode_above = tiled_decode_above
+        if cuda_graphs and not (compile and self.device.type == "cuda"):
+            raise GenPerceptError("CUDA graphs need --compile and a CUDA device.")
+        if compile:
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            mode = "reduce-overhead" if cuda_graphs else None
+            wrap = functools.partial(torch.compile, backend=compile_backend, mode=mode, dynamic=False)
+            s.vae.encoder, s.vae.decoder = wrap(s.vae.encoder), wrap(s.vae.decoder)
+            if s.dpt_head is None:
+                s.unet = wrap(s.unet)
+            else:
+                s.dpt_head = wrap(s.dpt_head)
+            self.batch_buckets, self.cuda_graphs = True, cuda_graphs
+        return self
+
     # -- the steps -----------------------------------------------------------------------------
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, h, w] -> latent [B, 4, h/8, w/8] (distribution mode x 0.18215)."""
@@ -124,8 +169,32 @@ class GenPerceptPipeline:
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """latent [B, 4, h/8, w/8] -> image-space prediction [B, 3, h, w], roughly in [-1, 1]."""
+        if self.tiled_decode_above is not None and latent.shape[-2] * latent.shape[-1] * 64 > self.tiled_decode_above:
+            return self.decode_tiled(latent)
         vae = self.stages.vae
         return vae.decoder(vae.post_quant_conv(latent / LATENT_SCALE))
+
+    def decode_tiled(self, latent: torch.Tensor, tile: int = 64, overlap: int = 16) -> torch.Tensor:
+        """`decode` in overlapping latent tiles (`tile` latent px = 8x image px), feathered together.
+
+        Peak activation memory is that of one tile instead of the whole image. Not exact: the VAE
+        decoder's GroupNorms see per-tile statistics (see tests/test_bench.py for the measured error).
+        Returns float32 [B, 3, h, w].
+        """
+        h, w = latent.shape[-2:]
+        out = torch.zeros(latent.shape[0], 3, 8 * h, 8 * w, device=latent.device)
+        total = torch.zeros(1, 1, 8 * h, 8 * w, device=latent.device)
+        vae = self.stages.vae
+        for y0 in _tile_starts(h, tile, tile - overlap):
+            for x0 in _tile_starts(w, tile, tile - overlap):
+                part = latent[..., y0 : y0 + tile, x0 : x0 + tile]
+                y = vae.decoder(vae.post_quant_conv(part / LATENT_SCALE)).float()  # [B,3,8t,8t]
+                th, tw = y.shape[-2:]
+                weight = (_feather(th, 8 * overlap, y0 > 0, y0 + tile < h, out.device)[:, None]
+                          * _feather(tw, 8 * overlap, x0 > 0, x0 + tile < w, out.device)[None, :])
+                out[..., 8 * y0 : 8 * y0 + th, 8 * x0 : 8 * x0 + tw] += y * weight
+                total[..., 8 * y0 : 8 * y0 + th, 8 * x0 : 8 * x0 + tw] += weight
+        return out / total
 
     def head(self, y: torch.Tensor) -> torch.Tensor:
         """Decoder output [B, 3, h, w] -> [B, C, h, w] in [0, 1] (C = 1 for 1-channel tasks, else 3)."""
@@ -134,14 +203,17 @@ class GenPerceptPipeline:
             y = y.mean(dim=1, keepdim=True)
         return (y.clamp(-1.0, 1.0) + 1.0) / 2.0
 
-    def dpt_predict(self, latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """DPT-head variant: U-Net up-block features -> DPT head -> per-image min-max, [B, 1, h, w]."""
+    def dpt_predict(self, latent: torch.Tensor) -> torch.Tensor:
+        """DPT-head variant: U-Net up-block features -> DPT head -> per-image min-max, [B, 1, h', w'].
+
+        The head's native size is 32x its coarsest feature (the processed size when that is a multiple
+        of 64); like the reference, it is min-maxed there and resized once, in `postprocess`.
+        """
         from .dpt import minmax_per_image, unet_up_block_features
 
         embed = self.stages.embedding.expand(latent.shape[0], -1, -1)
         features = unet_up_block_features(self.stages.unet, latent, TIMESTEP, embed)
-        out = self.stages.dpt_head(features, size).float()
-        return minmax_per_image(out)
+        return minmax_per_image(self.stages.dpt_head(features).float())
 
     @torch.inference_mode()
     def predict_batch(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -161,22 +233,32 @@ class GenPerceptPipeline:
         return out
 
     def _run(self, rgb: torch.Tensor) -> torch.Tensor:
-        size = tuple(rgb.shape[-2:])
+        n = rgb.shape[0]
+        if self.batch_buckets and n & (n - 1):  # compiled: pad to a power of two so recompiles stay rare
+            pad = (1 << n.bit_length()) - n
+            rgb = torch.cat([rgb, rgb[-1:].expand(pad, -1, -1, -1)])  # per-sample maths: exact
+            return self._run_batch(rgb)[:n]
+        return self._run_batch(rgb)
+
+    def _run_batch(self, rgb: torch.Tensor) -> torch.Tensor:
+        if self.cuda_graphs:  # outputs of the previous graph replay may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
         latent = self.encode(rgb)  # [B,4,h/8,w/8]
         if self.stages.dpt_head is not None:
-            return self.dpt_predict(latent, size)
+            return self.dpt_predict(latent)
         return self.head(self.decode(self.denoise(latent)))
 
     def _precision(self, dtype: torch.dtype):
         return _Precision(self, dtype)
 
     # -- post-processing -----------------------------------------------------------------------
+    @torch.inference_mode()
     def postprocess(self, pred: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """[C, h, w] in [0, 1] -> numpy at the input size: [H, W] (1-channel) or [H, W, 3].
 
         Normals come back as unit vectors n = 2p - 1, renormalised after the resize.
         """
-        p = resize_float(pred[None].float(), size)[0].clamp_(0.0, 1.0)  # [C,H,W]
+        p = resize_float(pred[None].float(), size)[0].clamp(0.0, 1.0)  # [C,H,W]
         if self.task == "normal":
             n = p * 2.0 - 1.0
             p = n / n.norm(dim=0, keepdim=True).clamp_min(1e-6)
@@ -204,6 +286,25 @@ class GenPerceptPipeline:
                 for i, pred in zip(chunk, preds):
                     results[i] = self.postprocess(pred, images[i].shape[:2])
         return results[0] if single else results
+
+
+def _tile_starts(length: int, tile: int, step: int) -> list[int]:
+    """Start offsets of tiles of size `tile` covering [0, length), `step` apart, the last flush."""
+    if length <= tile:
+        return [0]
+    return [*range(0, length - tile, step), length - tile]
+
+
+def _feather(length: int, ramp: int, lead: bool, trail: bool, device) -> torch.Tensor:
+    """1-D blending weights in (0, 1]: linear ramps over `ramp` px at the edges that overlap a neighbour."""
+    w = torch.ones(length, device=device)
+    ramp = min(ramp, length)
+    up = (torch.arange(ramp, device=device) + 0.5) / ramp
+    if lead:
+        w[:ramp] = torch.minimum(w[:ramp], up)
+    if trail:
+        w[length - ramp :] = torch.minimum(w[length - ramp :], up.flip(0))
+    return w
 
 
 class _Precision:

@@ -84,6 +84,15 @@ def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module.eval()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny tensors: thread start-up dominates, and on a loaded 2-core box one thread is ~10x faster.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def unet():
     from diffusers import UNet2DConditionModel
@@ -356,3 +365,10 @@ def test_minmax_per_image_constant_image_gives_zeros():
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     assert torch.equal(out[0], torch.zeros(1, 3, 4, dtype=torch.float16))
     assert out[1].min() == 0 and out[1].max() == 1
+
+
+def test_from_pretrained_bad_config_raises(tmp_path):
+    folder = save_head(tiny_head(), tmp_path)
+    (folder / "config.json").write_text(json.dumps({"neck_hidden_sizes": [8, 16, 32]}))
+    with pytest.raises(CheckpointError, match="config"):
+        DPTHead.from_pretrained(folder)

@@ -15,7 +15,15 @@ from pathlib import Path
 from genpercept_cli.errors import DataError
 
 from .base import EvalDataset, Sample
-from .depth import DIODEDepth, DIODEIndoorDepth, DIODEOutdoorDepth, ETH3DDepth, KITTIDepth, NYUv2Depth, ScanNetDepth
+from .depth import (
+    DIODEDepth,
+    DIODEIndoorDepth,
+    DIODEOutdoorDepth,
+    ETH3DDepth,
+    KITTIDepth,
+    NYUv2Depth,
+    ScanNetDepth,
+)
 from .dis import DISTest1, DISTest2, DISTest3, DISTest4, DISTestAll, DISValidation
 from .matting import AIM500, P3M500NP
 from .normal import IBimsNormal, NYUv2Normal, ScanNetNormal, SintelNormal, VKITTINormal
@@ -55,4 +63,12 @@ def get_dataset(name: str, data_dir: str | Path | None = None, limit: int | None
     return cls(resolve_data_dir(data_dir), limit=limit)
 
 
-__all__ = ["DATASETS", "DATASET_NAMES", "DataError", "EvalDataset", "Sample", "get_dataset", "resolve_data_dir"]
+__all__ = [
+    "DATASETS",
+    "DATASET_NAMES",
+    "DataError",
+    "EvalDataset",
+    "Sample",
+    "get_dataset",
+    "resolve_data_dir",
+]

@@ -96,7 +96,9 @@ class EvalDataset:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, samples={len(self)}, data_dir={str(self.data_dir)!r})"
+        return (
+            f"{type(self).__name__}(name={self.name!r}, samples={len(self)}, data_dir={str(self.data_dir)!r})"
+        )
 
 
 def check_limit(limit: int | None) -> int | None:
@@ -199,7 +201,9 @@ class _IndexedArchive(Archive):
         candidates = [folder] + ([f"{self._prefix}/{folder}"] if self._prefix else [])
         for base in candidates:
             names = sorted(
-                n[len(base) + 1 :] for n in index if n.startswith(base + "/") and "/" not in n[len(base) + 1 :]
+                n[len(base) + 1 :]
+                for n in index
+                if n.startswith(base + "/") and "/" not in n[len(base) + 1 :]
             )
             if names:
                 return names
@@ -276,7 +280,7 @@ class ZipArchive(_IndexedArchive):
 
 
 class DirArchive(Archive):
-    """An extracted folder; like the archives it tolerates one extra wrapping folder (e.g. AIM-500/AIM-500)."""
+    """An extracted folder; tolerates one extra wrapping folder (e.g. AIM-500/AIM-500) like the archives."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -364,7 +368,7 @@ def _open_image(data: bytes, name: str) -> Image.Image:
             warnings.simplefilter("ignore")
             img.load()
         return img
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{name} is not a readable image ({exc}).") from None
 
 
@@ -382,13 +386,19 @@ def decode_rgb(data: bytes, name: str, match_hw: tuple[int, int] | None = None) 
     return to_rgb_array(rotated)
 
 
+_MODES_16BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def decode_gray(data: bytes, name: str) -> np.ndarray:
     """Single-channel image bytes -> integer array [H, W] (uint8 or uint16, values as stored).
 
     Multi-channel images give their first channel (trimaps / masks saved as RGB).
     """
-    img = _open_image(data, name)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+    return _gray_array(_open_image(data, name), name)
+
+
+def _gray_array(img: Image.Image, name: str) -> np.ndarray:
+    if img.mode in _MODES_16BIT[:-1]:
         return np.asarray(img).astype(np.uint16)
     if img.mode == "I":
         arr = np.asarray(img)
@@ -405,9 +415,9 @@ def decode_gray(data: bytes, name: str) -> np.ndarray:
 def decode_png16(data: bytes, name: str) -> np.ndarray:
     """A 16-bit single-channel PNG -> uint16 [H, W] (refuses 8-bit or colour files)."""
     img = _open_image(data, name)
-    if img.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if img.mode not in _MODES_16BIT:
         raise DataError(f"{name} is not a 16-bit single-channel PNG (PIL mode {img.mode}).")
-    return decode_gray(data, name)
+    return _gray_array(img, name)
 
 
 def decode_npy(data: bytes, name: str) -> np.ndarray:

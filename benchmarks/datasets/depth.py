@@ -110,8 +110,9 @@ class KITTIDepth(DepthArchiveDataset):
     min_depth, max_depth = 1e-5, 80.0
     source = f"Marigold's evaluation data at {MARIGOLD_EVAL_URL}kitti/"
     crop_hw = (352, 1216)
-    # Eigen mask as fractions of the cropped GT size (Garg/BTS convention), on 352x1216:
-    # rows int(0.3324324*352)=117 : int(0.91351351*352)=321, cols int(0.0359477*1216)=43 : int(0.96405229*1216)=1172
+    # Eigen mask as fractions of the cropped GT size (BTS convention), evaluated on 352x1216:
+    # rows int(0.3324324*352)=117 : int(0.91351351*352)=321,
+    # cols int(0.0359477*1216)=43 : int(0.96405229*1216)=1172
     eigen_mask = (slice(117, 321), slice(43, 1172))
 
     def _keep(self, row: list[str]) -> bool:
@@ -122,7 +123,9 @@ class KITTIDepth(DepthArchiveDataset):
         height, width = array.shape[:2]
         crop_h, crop_w = self.crop_hw
         if height < crop_h or width < crop_w:
-            raise DataError(f"{self._name(rel)} is {height}x{width}, smaller than the KITTI crop {crop_h}x{crop_w}.")
+            raise DataError(
+                f"{self._name(rel)} is {height}x{width}, smaller than the KITTI crop {crop_h}x{crop_w}."
+            )
         top, left = height - crop_h, (width - crop_w) // 2
         return array[top : top + crop_h, left : left + crop_w]
 

@@ -15,7 +15,16 @@ import numpy as np
 
 from genpercept_cli.errors import DataError
 
-from .base import IMAGE_SUFFIXES, Archive, EvalDataset, Sample, check_limit, decode_gray, decode_rgb, open_archive
+from .base import (
+    IMAGE_SUFFIXES,
+    Archive,
+    EvalDataset,
+    Sample,
+    check_limit,
+    decode_gray,
+    decode_rgb,
+    open_archive,
+)
 
 DIS_SOURCE = "DIS5K.zip at https://github.com/xuebinqin/DIS"
 
@@ -34,7 +43,10 @@ class DIS5KDataset(EvalDataset):
         for subset in self.subsets:
             images = [n for n in self._archive.list_dir(f"{subset}/im") if n.lower().endswith(IMAGE_SUFFIXES)]
             if not images:
-                raise DataError(f"{what} was not found: expected images in {root / subset / 'im'}; get it from {self.source}.")
+                expected = root / subset / "im"
+                raise DataError(
+                    f"{what} was not found: expected images in {expected}; get it from {self.source}."
+                )
             for file in sorted(images, key=lambda n: (n.rsplit(".", 1)[0], n)):
                 self._entries.append((subset, file))
                 self._keys.append(f"{subset}/im/{file}")

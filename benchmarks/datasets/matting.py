@@ -19,7 +19,16 @@ import numpy as np
 
 from genpercept_cli.errors import DataError
 
-from .base import IMAGE_SUFFIXES, Archive, EvalDataset, Sample, check_limit, decode_gray, decode_rgb, open_archive
+from .base import (
+    IMAGE_SUFFIXES,
+    Archive,
+    EvalDataset,
+    Sample,
+    check_limit,
+    decode_gray,
+    decode_rgb,
+    open_archive,
+)
 
 
 class MattingDataset(EvalDataset):
@@ -34,10 +43,14 @@ class MattingDataset(EvalDataset):
         folder = self._rel(self.image_folder)
         expected = self.data_dir / self.archive / folder
         what = f"The {self.name} data"
-        self._archive: Archive = open_archive(self.data_dir / self.archive, what, self.source, expected=expected)
+        self._archive: Archive = open_archive(
+            self.data_dir / self.archive, what, self.source, expected=expected
+        )
         images = [n for n in self._archive.list_dir(folder) if n.lower().endswith(IMAGE_SUFFIXES)]
         if not images:
-            raise DataError(f"{what} was not found: expected images in {expected}; get it from {self.source}.")
+            raise DataError(
+                f"{what} was not found: expected images in {expected}; get it from {self.source}."
+            )
         self._entries = sorted(images, key=lambda n: (n.rsplit(".", 1)[0], n))
         self._keys = [f"{self.image_folder}/{n}" for n in self._entries]
         self._apply_limit()
@@ -59,7 +72,9 @@ class MattingDataset(EvalDataset):
         image_rel = self._rel(f"{self.image_folder}/{file}")
         image = decode_rgb(self._archive.read(image_rel), f"{self._archive.path}/{image_rel}", alpha.shape)
         valid = np.ones(alpha.shape, dtype=bool)
-        return Sample(key=f"{self.image_folder}/{file}", image=image, gt=alpha, valid=valid, extra={"trimap": trimap})
+        return Sample(
+            key=f"{self.image_folder}/{file}", image=image, gt=alpha, valid=valid, extra={"trimap": trimap}
+        )
 
 
 class P3M500NP(MattingDataset):

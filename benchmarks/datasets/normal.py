@@ -24,7 +24,9 @@ from genpercept_cli.errors import DataError
 
 from .base import Archive, EvalDataset, Sample, check_limit, decode_npy, decode_rgb, open_archive, read_split
 
-DSINE_SOURCE = "DSINE's dsine_eval.zip, linked in the Evaluation section of https://github.com/baegwangbin/DSINE"
+DSINE_SOURCE = (
+    "DSINE's dsine_eval.zip, linked in the Evaluation section of https://github.com/baegwangbin/DSINE"
+)
 
 
 def _cv2():
@@ -33,7 +35,9 @@ def _cv2():
     try:
         import cv2
     except ImportError:
-        raise DataError("Reading DSINE normal maps needs OpenCV: pip install opencv-python-headless.") from None
+        raise DataError(
+            "Reading DSINE normal maps needs OpenCV: pip install opencv-python-headless."
+        ) from None
     return cv2
 
 
@@ -43,7 +47,11 @@ def decode_normal_map(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     cv2 = _cv2()
     raw = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if raw is None:
-        hint = " (OpenCV's EXR reader must be enabled: set OPENCV_IO_ENABLE_OPENEXR=1)" if name.endswith(".exr") else ""
+        hint = (
+            " (OpenCV's EXR reader must be enabled: set OPENCV_IO_ENABLE_OPENEXR=1)"
+            if name.endswith(".exr")
+            else ""
+        )
         raise DataError(f"{name} could not be decoded{hint}.")
     if raw.ndim != 3 or raw.shape[2] < 3:
         raise DataError(f"{name} is not a 3-channel normal map (shape {raw.shape}).")
@@ -75,7 +83,9 @@ class DSINENormalDataset(EvalDataset):
         self._keys = lines
         folder = self.data_dir / "dsine_eval" / self.folder
         what = f"The {self.name} data"
-        self._archive: Archive = open_archive(self.data_dir / "dsine_eval", what, self.source, expected=folder)
+        self._archive: Archive = open_archive(
+            self.data_dir / "dsine_eval", what, self.source, expected=folder
+        )
         if lines and not self._archive.exists(f"{self.folder}/{lines[0]}"):
             raise DataError(f"{what} was not found: expected {folder / lines[0]}; get it from {self.source}.")
         self._apply_limit()

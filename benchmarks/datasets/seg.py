@@ -30,8 +30,13 @@ from .base import EvalDataset, Sample, check_limit, decode_rgb, read_split
 
 IGNORE = 255
 HYPERSIM_SOURCE = "Hypersim at https://github.com/apple/ml-hypersim (per-scene download.py)"
-_GT_NAME = {"hdf5": re.compile(r"frame\.(\d+)\.semantic\.hdf5$"), "preview": re.compile(r"frame\.(\d+)\.semantic\.png$")}
-_RGB_NAME = re.compile(r"^(?P<scene>[^/]+)/images/scene_(?P<cam>cam_\w+?)_final_preview/frame\.(?P<frame>\d+)\.\w+\.\w+$")
+_GT_NAME = {
+    "hdf5": re.compile(r"frame\.(\d+)\.semantic\.hdf5$"),
+    "preview": re.compile(r"frame\.(\d+)\.semantic\.png$"),
+}
+_RGB_NAME = re.compile(
+    r"^(?P<scene>[^/]+)/images/scene_(?P<cam>cam_\w+?)_final_preview/frame\.(?P<frame>\d+)\.\w+\.\w+$"
+)
 
 
 def labels_from_ids(ids: np.ndarray) -> np.ndarray:
@@ -61,15 +66,21 @@ class HypersimSeg(EvalDataset):
         super().__init__(data_dir, check_limit(limit))
         self.root = self.data_dir / "hypersim"
         if not self.root.is_dir():
-            raise DataError(f"The {self.name} data was not found: expected {self.root}; get it from {self.source}.")
+            raise DataError(
+                f"The {self.name} data was not found: expected {self.root}; get it from {self.source}."
+            )
         split = Path(split_file) if split_file is not None else self.root / "split.txt"
-        self._keys = [row[0] for row in read_split("hypersim/split.txt", split)] if split.is_file() else self._discover()
         if split_file is not None and not split.is_file():
             raise DataError(f"Split file {split} cannot be read.")
+        self._keys = (
+            [row[0] for row in read_split("hypersim/split.txt", split)]
+            if split.is_file()
+            else self._discover()
+        )
         if not self._keys:
             raise DataError(
-                f"No Hypersim frames with semantic GT found under {self.root}: expected "
-                f"<scene>/images/scene_cam_XX_geometry_hdf5/frame.NNNN.semantic.hdf5; get it from {self.source}."
+                f"No Hypersim frames with semantic GT found: expected {self.root}/<scene>/images/"
+                f"scene_cam_XX_geometry_hdf5/frame.NNNN.semantic.hdf5; get it from {self.source}."
             )
         self._entries = list(self._keys)
         self._apply_limit()
@@ -116,7 +127,8 @@ class HypersimSeg(EvalDataset):
         match = _RGB_NAME.match(key)
         if match is None:
             raise DataError(
-                f"Hypersim split entry {key!r} is not of the form <scene>/images/scene_cam_XX_final_preview/frame.NNNN.<kind>.jpg."
+                f"Hypersim split entry {key!r} is not of the form "
+                "<scene>/images/scene_cam_XX_final_preview/frame.NNNN.<kind>.jpg."
             )
         gt = self._read_gt(match["scene"], match["cam"], match["frame"])
         path = self.root / key
@@ -124,4 +136,3 @@ class HypersimSeg(EvalDataset):
             raise DataError(f"{path} is missing.")
         image = decode_rgb(path.read_bytes(), str(path), gt.shape)
         return Sample(key=key, image=image, gt=gt, valid=gt != IGNORE)
-

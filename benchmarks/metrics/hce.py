@@ -61,11 +61,13 @@ def approx_poly_dp(
     return np.array(vertices, dtype=np.int32).reshape(-1, 1, 2)
 
 
-def _douglas_peucker_indices(points: np.ndarray, eps2: float, closed: bool, variant: PolyVariant) -> list[int]:
+def _douglas_peucker_indices(
+    points: np.ndarray, eps2: float, closed: bool, variant: PolyVariant
+) -> list[int]:
     """Indices of the vertices kept by the recursive split (before the collinear clean-up).
 
-    points: int64 [N, 2]. Distances are computed exactly (integers, or doubles holding integers below
-    2**53), so every comparison matches OpenCV's double arithmetic.
+    points: int64 [N, 2]. Every key is an exact integer, so the comparisons match OpenCV's doubles as long
+    as the keys stay below 2**53 (coordinates up to ~10^4 px).
     """
     n = len(points)
     chord = _ChordSearch(points, eps2, variant)
@@ -246,7 +248,7 @@ def _drop_nearly_collinear(
 
 
 def gt_skeleton(gt: np.ndarray) -> np.ndarray:
-    """Skeleton of the ground-truth foreground: bool [H, W] from gt bool [H, W] (or uint8, binarised > 128)."""
+    """Skeleton of the GT foreground: bool [H, W] from gt bool [H, W] (uint8 is binarised > 128)."""
     gt_bool = gt if gt.dtype == bool else gt > 128
     return skeletonize(gt_bool)
 

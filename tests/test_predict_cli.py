@@ -1,0 +1,146 @@
+"""`genpercept predict` end to end through the Typer CLI, asserting on the files it writes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from genpercept_cli.cli import app
+from genpercept_cli.images import read_rgb
+from genpercept_cli.pipeline import GenPerceptPipeline
+
+runner = CliRunner()
+
+
+def _rgb(h, w, seed):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    """A nested folder of good images in odd modes plus bad files."""
+    src = tmp_path / "photos"
+    (src / "a" / "b").mkdir(parents=True)
+    Image.fromarray(_rgb(40, 56, 0)).save(src / "top.jpg")
+    Image.fromarray(_rgb(30, 50, 1)).save(src / "a" / "rgb.png")
+    Image.fromarray(_rgb(50, 30, 2)[..., 0]).save(src / "a" / "gray.png")
+    Image.fromarray(np.dstack([_rgb(33, 47, 3), np.full((33, 47), 7, np.uint8)])).save(src / "a" / "b" / "rgba.png")
+    Image.fromarray(_rgb(36, 36, 4)).convert("P").save(src / "a" / "b" / "palette.png")
+    Image.fromarray(_rgb(36, 48, 5)).convert("CMYK").save(src / "a" / "b" / "cmyk.jpg")
+    Image.fromarray((np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) * 50)).save(src / "a" / "deep16.png")
+    (src / "a" / "empty.jpg").write_bytes(b"")
+    (src / "a" / "b" / "notes.png").write_text("not an image")
+    good = src / "top.jpg"
+    (src / "truncated.jpg").write_bytes(good.read_bytes()[:200])
+    (src / "README.txt").write_text("ignored")
+    return src
+
+
+GOOD = ["top", "a/rgb", "a/gray", "a/b/rgba", "a/b/palette", "a/b/cmyk", "a/deep16"]
+BAD = ["empty.jpg", "notes.png", "truncated.jpg"]
+
+
+def _predict(*args):
+    return runner.invoke(app, ["predict", *map(str, args)])
+
+
+def test_predict_folder_mirrors_tree_and_reports_bad_files(photos, tmp_path, checkpoint_root):
+    out = tmp_path / "out"
+    result = _predict(photos, "-c", checkpoint_root / "unet_depth_v2", "-o", out, "--processing-res", "32")
+    assert result.exit_code == 1, result.output  # some inputs failed
+    for stem in GOOD:
+        for suffix in ("_pred.npy", "_pred.png", "_colored.png"):
+            assert (out / f"{stem}{suffix}").is_file(), stem + suffix
+    for name in BAD:
+        assert name in result.output
+    assert "wrote 7 of 10 images" in result.output and "3 failed" in result.output
+    assert "1 non-image files ignored" in result.output
+    assert not list(out.rglob(".*"))  # no temp files left behind
+    assert not (out / "truncated_pred.npy").exists() and not (out / "a" / "empty_pred.npy").exists()
+
+
+def test_predict_outputs_equal_the_python_api(photos, tmp_path, checkpoint_root):
+    out = tmp_path / "out"
+    _predict(photos / "a" / "b" / "rgba.png", "-c", checkpoint_root / "unet_depth_v2", "-o", out,
+             "--processing-res", "32")
+    pipe = GenPerceptPipeline.from_checkpoint(str(checkpoint_root / "unet_depth_v2"))
+    expected = pipe(read_rgb(photos / "a" / "b" / "rgba.png"), processing_res=32)
+    depth = np.load(out / "rgba_pred.npy")
+    np.testing.assert_array_equal(depth, expected)
+    png16 = np.asarray(Image.open(out / "rgba_pred.png"))
+    np.testing.assert_array_equal(png16, np.round(expected.astype(np.float64) * 65535).astype(np.uint16))
+
+
+def test_skip_existing_resumes_without_rewriting(photos, tmp_path, checkpoint_root):
+    out = tmp_path / "out"
+    args = [photos / "a", "-c", checkpoint_root / "unet_dis_v2", "-o", out, "--processing-res", "32"]
+    _predict(*args)
+    first = out / "rgb_pred.png"
+    stamp = first.stat().st_mtime_ns
+    first.with_name("gray_pred.png").unlink()  # as if interrupted before this one
+    result = _predict(*args, "--skip-existing")
+    assert first.stat().st_mtime_ns == stamp
+    assert (out / "gray_pred.png").is_file()
+    assert "wrote 1 of" in result.output and "already done" in result.output
+
+
+@pytest.mark.parametrize("task,formats,files", [
+    ("normal", None, ["_pred.npy", "_pred.png"]),
+    ("seg", None, ["_pred.png", "_label.png", "_pred.npy"]),
+    ("matting", "png,rgba", ["_pred.png", "_rgba.png"]),
+    ("disparity", "color", ["_colored.png"]),
+])
+def test_predict_task_formats(photos, tmp_path, checkpoint_root, task, formats, files):
+    out = tmp_path / "out"
+    args = [photos / "top.jpg", "-c", checkpoint_root / f"unet_{task}_v2", "-o", out, "--processing-res", "32"]
+    result = _predict(*args, *(["--formats", formats] if formats else []))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"top{s}" for s in files)
+    if task == "normal":
+        n = np.load(out / "top_pred.npy")
+        assert n.shape == (40, 56, 3)
+        np.testing.assert_allclose(np.linalg.norm(n, axis=-1), 1, atol=1e-5)
+    if task == "seg":
+        labels = np.asarray(Image.open(out / "top_label.png"))
+        assert labels.shape == (40, 56) and labels.max() <= 40
+
+
+def test_predict_glob_and_batches(photos, tmp_path, checkpoint_root):
+    out = tmp_path / "out"
+    result = _predict(str(photos / "**" / "*.png"), "-c", checkpoint_root / "unet_matting_v2", "-o", out,
+                      "--processing-res", "32", "--batch-size", "3")
+    assert result.exit_code == 1  # notes.png is not an image
+    assert (out / "a" / "b" / "palette_pred.png").is_file() and (out / "a" / "rgb_pred.png").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--formats", "jpeg"], "valid"),
+    (["--processing-res", "-5"], "--processing-res"),
+    (["--dtype", "fp8"], "unknown dtype"),
+    (["--task", "normal"], "is a depth model, not normal"),
+])
+def test_usage_errors_exit_2_with_one_line(photos, tmp_path, checkpoint_root, args, message):
+    result = _predict(photos, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "o", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_source_is_a_user_error(tmp_path):
+    result = _predict(tmp_path / "nope")
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_offline_registry_checkpoint_stops_with_the_files_to_fetch(photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    result = _predict(photos, "--task", "depth", "-o", tmp_path / "o")
+    assert result.exit_code == 2
+    assert "unet_depth_v2/diffusion_pytorch_model.safetensors" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "predict" in result.output and "checkpoints" in result.output
