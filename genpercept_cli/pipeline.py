@@ -139,9 +139,9 @@ class GenPerceptPipeline:
         if cuda_graphs and not (compile and self.device.type == "cuda"):
             raise GenPerceptError("CUDA graphs need --compile and a CUDA device.")
         if compile:
-            import torch._dynamo
+            import torch._dynamo as dynamo
 
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
             mode = "reduce-overhead" if cuda_graphs else None
             wrap = functools.partial(torch.compile, backend=compile_backend, mode=mode, dynamic=False)
             s.vae.encoder, s.vae.decoder = wrap(s.vae.encoder), wrap(s.vae.decoder)

@@ -1,0 +1,381 @@
+"""`genpercept eval`: score a checkpoint or predictions on disk with a benchmark's protocol (SPEC §6).
+
+    dataset sample -> prediction (model or `<pred_dir>/<key stem>_pred.npy`) -> task scorer
+    -> dataset metrics + per-image rows + the paper's row beside them
+
+Every sample whose prediction is missing, mis-shaped or non-finite is reported as a problem; the
+caller decides whether that fails the run (`--allow-missing`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tomllib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from genpercept_cli.errors import GenPerceptError
+
+from .datasets import EvalDataset, Sample, get_dataset
+
+# dataset name -> (section, key) in paper_results.toml
+PAPER_KEYS = {
+    "nyu": ("depth", "nyu"), "kitti": ("depth", "kitti"), "eth3d": ("depth", "eth3d"),
+    "scannet": ("depth", "scannet"), "diode": ("depth", "diode"),
+    "nyu-normal": ("normal", "nyu"), "scannet-normal": ("normal", "scannet"),
+    "sintel-normal": ("normal", "sintel"),
+    "dis-vd": ("dis", "dis_vd"), "dis-te1": ("dis", "dis_te1"), "dis-te2": ("dis", "dis_te2"),
+    "dis-te3": ("dis", "dis_te3"), "dis-te4": ("dis", "dis_te4"), "dis-te": ("dis", "dis_te_all"),
+    "p3m-500-np": ("matting", "p3m_500_np"), "aim-500": ("matting", "aim_500"),
+    "hypersim-seg": ("seg", "hypersim"),
+}  # fmt: skip
+CHECKPOINT_TASKS = {"depth": ("depth", "disparity"), "normal": ("normal",), "dis": ("dis",),
+                    "matting": ("matting",), "seg": ("seg",)}
+
+
+@dataclass
+class EvalOptions:
+    dataset: str
+    data_dir: str | Path | None = None
+    checkpoint: str | None = None
+    predictions: Path | None = None
+    save_predictions: Path | None = None
+    limit: int | None = None
+    processing_res: int | None = None  # None: the dataset's protocol default
+    space: str = "auto"  # depth alignment: auto (from the checkpoint), depth, disparity
+    eth3d_subsample: str = "reference"  # ETH3D alignment fit: "reference" (columns only) or "uniform"
+    normal_mode: str = "pooled"  # DSINE pooling (paper) or "per_image" (Marigold)
+    normal_flip: str = ""  # axes of the prediction to negate before scoring
+    seg_convention: str = "mmseg"
+    seg_metric: str = "l1"  # nearest-palette decoding of the predicted colours
+    with_hce: bool = True
+    hce_variant: str = "line"  # approxPolyDP as OpenCV <= 4.12 (the published numbers)
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+@dataclass
+class EvalResult:
+    dataset: str
+    checkpoint: str | None
+    n_images: int
+    metrics: dict
+    protocol: dict
+    rows: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    subsets: dict = field(default_factory=dict)
+    paper: dict | None = None
+    paper_label: str | None = None
+
+    def to_json(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k not in ("rows", "paper_label")}
+        out["paper"] = {"label": self.paper_label, "metrics": self.paper} if self.paper else None
+        return _finite_or_none(out)
+
+
+def _finite_or_none(obj):
+    """JSON has no NaN: undefined values (e.g. IoU of an absent class) become null."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# -- scorers: one per task ------------------------------------------------------------------------
+class DepthScorer:
+    def __init__(self, ds: EvalDataset, space: str, subsample: str):
+        from .metrics.depth import DEPTH_METRIC_KEYS
+
+        self.ds, self.space, self.subsample, self.keys = ds, space, subsample, DEPTH_METRIC_KEYS
+        self.rows: list[dict] = []
+
+    def update(self, sample: Sample, pred: np.ndarray) -> dict:
+        from .metrics.depth import align_depth, depth_metrics
+
+        ds = self.ds
+        aligned = align_depth(pred, sample.gt, sample.valid, self.space, ds.min_depth, ds.max_depth,
+                              ds.align_max_samples, ds.pred_clip, self.subsample)
+        row = depth_metrics(aligned, sample.gt, sample.valid)
+        self.rows.append(row)
+        return row
+
+    def compute(self) -> dict:
+        return {k: float(np.mean([r[k] for r in self.rows])) for k in self.keys}
+
+
+class NormalScorer:
+    def __init__(self, mode: str, flip: str):
+        from .metrics.normal import NormalAccumulator
+
+        self.acc, self.flip = NormalAccumulator(mode), flip
+
+    def update(self, sample: Sample, pred: np.ndarray) -> dict:
+        from .metrics.normal import angular_error_deg, apply_axis_flips, normal_metrics
+
+        errors = angular_error_deg(apply_axis_flips(pred, self.flip), sample.gt, sample.valid)
+        self.acc.update(errors)
+        return normal_metrics(errors) if errors.size else {}
+
+    def compute(self) -> dict:
+        return self.acc.compute()
+
+
+class DISScorer:
+    """Per subset (DIS-TE1..4 in `dis-te`), then the overall score is the mean of the subsets."""
+
+    def __init__(self, with_hce: bool, variant: str):
+        self.with_hce, self.variant = with_hce, variant
+        self.accs: dict[str, object] = {}
+
+    def update(self, sample: Sample, pred: np.ndarray) -> dict:
+        from .metrics.dis import DISAccumulator
+
+        subset = sample.extra.get("subset", "all")
+        acc = self.accs.setdefault(subset, DISAccumulator(with_hce=self.with_hce))
+        return acc.update(_to_uint8(pred), sample.gt, hce_variant=self.variant)
+
+    def subsets(self) -> dict:
+        return {name: acc.compute() for name, acc in self.accs.items()} if len(self.accs) > 1 else {}
+
+    def compute(self) -> dict:
+        scores = [acc.compute() for acc in self.accs.values()]
+        return {k: (None if scores[0][k] is None else float(np.mean([s[k] for s in scores]))) for k in scores[0]}
+
+
+class MattingScorer:
+    def __init__(self):
+        from .metrics.matting import MattingAccumulator
+
+        self.acc = MattingAccumulator()
+
+    def update(self, sample: Sample, pred: np.ndarray) -> dict:
+        return self.acc.update(pred.astype(np.float64), sample.gt.astype(np.float64), sample.extra.get("trimap"))
+
+    def compute(self) -> dict:
+        return self.acc.compute()
+
+
+class SegScorer:
+    def __init__(self, convention: str, metric: str):
+        from .metrics.seg import SegAccumulator
+
+        self.acc, self.metric = SegAccumulator(convention=convention), metric
+
+    def update(self, sample: Sample, pred: np.ndarray) -> dict:
+        from .metrics.seg import confusion_matrix, decode_seg_prediction, iou_per_class
+
+        ids = pred if pred.ndim == 2 else decode_seg_prediction(pred, self.metric)
+        self.acc.update(ids, sample.gt)
+        matrix = confusion_matrix(ids, sample.gt)
+        labelled = matrix.sum()
+        iou = iou_per_class(matrix, self.acc.convention)[1:]
+        return {"miou": 100.0 * float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+                "pixel_acc": 100.0 * float(np.trace(matrix)) / labelled if labelled else float("nan")}
+
+    def compute(self) -> dict:
+        return self.acc.compute()
+
+
+def _to_uint8(pred: np.ndarray) -> np.ndarray:
+    """A [0, 1] float map as the 8-bit PNG the DIS protocol reads (round half up, like our writer)."""
+    if pred.dtype == np.uint8:
+        return pred
+    return np.clip(np.round(pred.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+# -- predictions ----------------------------------------------------------------------------------
+def prediction_stem(key: str) -> str:
+    """`a/b/img.png` -> `a/b/img`: predictions live at `<dir>/<stem>_pred.npy` (the predict layout)."""
+    return str(Path(key).with_suffix(""))
+
+
+def load_prediction(pred_dir: Path, key: str, task: str) -> np.ndarray:
+    """A prediction written by `genpercept predict` (npy first; 8-bit PNGs for dis/matting, label PNG for
+    seg). Raises FileNotFoundError when none exists."""
+    stem = pred_dir / prediction_stem(key)
+    npy = Path(f"{stem}_pred.npy")
+    if npy.is_file():
+        return np.load(npy)
+    if task in ("dis", "matting") and Path(f"{stem}_pred.png").is_file():
+        from PIL import Image
+
+        arr = np.asarray(Image.open(f"{stem}_pred.png"))
+        return arr if task == "dis" and arr.dtype == np.uint8 else arr.astype(np.float64) / np.iinfo(arr.dtype).max
+    if task == "seg" and Path(f"{stem}_label.png").is_file():
+        from PIL import Image
+
+        return np.asarray(Image.open(f"{stem}_label.png")).astype(np.int64)
+    raise FileNotFoundError(npy)
+
+
+def check_prediction(pred: np.ndarray, sample: Sample, task: str) -> str | None:
+    """Why a prediction cannot be scored, or None."""
+    h, w = sample.gt.shape[:2]
+    expected = {"normal": (h, w, 3), "seg": None}.get(task, (h, w))
+    if task == "seg":
+        if pred.shape[:2] != (h, w) or pred.ndim not in (2, 3):
+            return f"has shape {pred.shape}, expected ({h}, {w}, 3) colours or ({h}, {w}) ids"
+    elif task == "dis" and pred.ndim == 2:
+        pass  # the DIS protocol resizes predictions to the GT size
+    elif pred.shape != expected:
+        return f"has shape {pred.shape}, expected {expected}"
+    if np.issubdtype(pred.dtype, np.floating) and not np.isfinite(pred).all():
+        return "contains non-finite values"
+    return None
+
+
+def _prefetch(ds: EvalDataset, depth: int = 4) -> Iterator[Sample]:
+    """Decode samples in a background thread, `depth` ahead of the consumer."""
+    with ThreadPoolExecutor(1) as pool:
+        futures = [pool.submit(ds.__getitem__, i) for i in range(min(depth, len(ds)))]
+        for i in range(len(ds)):
+            sample = futures[i].result()
+            if i + depth < len(ds):
+                futures.append(pool.submit(ds.__getitem__, i + depth))
+            futures[i] = None
+            yield sample
+
+
+# -- the run --------------------------------------------------------------------------------------
+def make_scorer(ds: EvalDataset, opts: EvalOptions, space: str):
+    if ds.task == "depth":
+        return DepthScorer(ds, space, opts.eth3d_subsample)
+    if ds.task == "normal":
+        return NormalScorer(opts.normal_mode, opts.normal_flip)
+    if ds.task == "dis":
+        return DISScorer(opts.with_hce, opts.hce_variant)
+    if ds.task == "matting":
+        return MattingScorer()
+    return SegScorer(opts.seg_convention, opts.seg_metric)
+
+
+def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
+    """Run one benchmark; `pipe` (a loaded GenPerceptPipeline) is used instead of loading one."""
+    if (opts.checkpoint is None) == (opts.predictions is None) and pipe is None:
+        raise GenPerceptError("pass either --checkpoint (run the model) or --predictions DIR (score files).")
+    if opts.predictions is not None and not Path(opts.predictions).is_dir():
+        raise GenPerceptError(f"predictions folder {opts.predictions} does not exist.")
+    ds = get_dataset(opts.dataset, opts.data_dir, opts.limit)
+    spec = None
+    if opts.checkpoint is not None or pipe is not None:
+        from genpercept_cli.checkpoints import resolve_checkpoint
+
+        spec = pipe.spec if pipe is not None else resolve_checkpoint(opts.checkpoint)
+        if spec.task not in CHECKPOINT_TASKS[ds.task]:
+            raise GenPerceptError(f"{opts.dataset} is a {ds.task} benchmark; checkpoint {spec.name!r} predicts {spec.task}.")
+    space = opts.space if opts.space != "auto" else ("disparity" if spec and spec.task == "disparity" else "depth")
+    res = ds.processing_res if opts.processing_res is None else opts.processing_res
+    if opts.predictions is None and pipe is None:
+        from genpercept_cli.pipeline import GenPerceptPipeline
+
+        pipe = GenPerceptPipeline.from_checkpoint(spec, device=opts.device, dtype=opts.dtype)
+    scorer = make_scorer(ds, opts, space)
+    rows, problems = [], []
+    task_id = progress.add_task(f"eval {opts.dataset}", total=len(ds)) if progress else None
+    for sample in _prefetch(ds):
+        pred, problem = _prediction_for(sample, ds, opts, pipe, res)
+        if problem is None:
+            row = scorer.update(sample, pred)
+            rows.append({"key": sample.key, **{k: v for k, v in row.items() if k != "name"}})
+        else:
+            problems.append(f"{sample.key}: prediction {problem}")
+        if progress is not None:
+            progress.advance(task_id)
+    if not rows:
+        raise GenPerceptError(f"no sample of {opts.dataset} could be scored ({len(problems)} problems; first: {problems[0] if problems else 'none'}).")
+    metrics = scorer.compute()
+    protocol = _protocol(ds, opts, space, res, spec)
+    section, key = PAPER_KEYS.get(opts.dataset, (None, None))
+    label, paper = paper_row(section, key, spec.name if spec else None, res)
+    return EvalResult(
+        dataset=opts.dataset, checkpoint=spec.name if spec else None, n_images=len(rows), metrics=metrics,
+        protocol=protocol, rows=rows, problems=problems,
+        subsets=scorer.subsets() if isinstance(scorer, DISScorer) else {}, paper=paper, paper_label=label,
+    )
+
+
+def _prediction_for(sample: Sample, ds: EvalDataset, opts: EvalOptions, pipe, res: int):
+    """(prediction, None) or (None, why it cannot be scored)."""
+    if opts.predictions is not None:
+        try:
+            pred = load_prediction(Path(opts.predictions), sample.key, ds.task)
+        except FileNotFoundError as exc:
+            return None, f"is missing ({exc})"
+        except (OSError, ValueError) as exc:
+            return None, f"cannot be read ({exc})"
+    else:
+        try:
+            pred = pipe(sample.image, processing_res=res)
+        except GenPerceptError as exc:
+            return None, f"failed ({exc})"
+        if opts.save_predictions is not None:
+            from genpercept_cli.outputs import write_prediction
+
+            write_prediction(pred, pipe.task, Path(opts.save_predictions) / prediction_stem(sample.key), ("npy",))
+    problem = check_prediction(pred, sample, ds.task)
+    return (None, problem) if problem else (pred, None)
+
+
+def _protocol(ds: EvalDataset, opts: EvalOptions, space: str, res: int, spec) -> dict:
+    protocol: dict = {"task": ds.task, "processing_res": res, "source": "predictions" if opts.predictions else "model"}
+    if ds.task == "depth":
+        protocol.update(alignment="least_squares", space=space, min_depth=ds.min_depth, max_depth=ds.max_depth,
+                        pred_clip=ds.pred_clip, align_max_samples=ds.align_max_samples,
+                        align_subsample=opts.eth3d_subsample if ds.align_max_samples else None)
+    elif ds.task == "normal":
+        protocol.update(aggregation=opts.normal_mode, frame="x right, y up, z toward camera",
+                        prediction_flip=opts.normal_flip or None)
+    elif ds.task == "dis":
+        protocol.update(gt_threshold="> 128", f_beta2=0.3, thresholds=256, hce=opts.with_hce,
+                        hce_poly=f"approxPolyDP {opts.hce_variant} distance")
+    elif ds.task == "matting":
+        protocol.update(region="whole image", sad_scale="/1000", conn="step 0.1, 4-connectivity, /1000")
+    else:
+        protocol.update(decode=f"nearest NYU40 colour ({opts.seg_metric})", miou=opts.seg_convention)
+    if spec is not None:
+        protocol.update(checkpoint_task=spec.task, dtype=opts.dtype)
+    return protocol
+
+
+def paper_results() -> dict:
+    return tomllib.loads(resources.files("benchmarks").joinpath("paper_results.toml").read_text())
+
+
+def paper_row(section: str | None, key: str | None, checkpoint: str | None, res: int) -> tuple[str | None, dict | None]:
+    """The paper's numbers for this benchmark: the row of this checkpoint (else the first GenPercept row)."""
+    if section is None:
+        return None, None
+    rows = paper_results().get(section, {})
+    candidates = [r for r in rows.values() if key in r and "checkpoint" in r]
+    same_res = [r for r in candidates if r.get("processing_res", 768) == res] or candidates
+    chosen = next((r for r in same_res if r.get("checkpoint") == checkpoint), same_res[0] if same_res else None)
+    return (chosen["label"], dict(chosen[key])) if chosen else (None, None)
+
+
+def write_outputs(result: EvalResult, json_path: Path | None, csv_path: Path | None) -> None:
+    """results JSON (atomic) and the per-image CSV."""
+    from genpercept_cli.outputs import atomic_write
+
+    if json_path is not None:
+        text = json.dumps(result.to_json(), indent=2)
+        atomic_write(Path(json_path), lambda tmp: Path(tmp).write_text(text + "\n"))
+    if csv_path is not None and result.rows:
+        fields = list(dict.fromkeys(k for row in result.rows for k in row))
+
+        def write_csv(tmp):
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(result.rows)
+
+        atomic_write(Path(csv_path), write_csv)

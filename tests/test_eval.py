@@ -1,0 +1,214 @@
+"""`genpercept eval` end to end on miniature archives: oracle predictions, known perturbations,
+missing predictions, the model path and the JSON/CSV it writes."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from _archives import npy_bytes, png_bytes, write_tar, write_tree
+from test_datasets import NYU_TAR, dis_files, matting_files, nyu_files, rng_image
+from typer.testing import CliRunner
+
+from benchmarks.datasets import get_dataset
+from benchmarks.evaluate import prediction_stem
+from benchmarks.metrics.depth import depth_metrics
+from genpercept_cli.cli import app
+from genpercept_cli.palette import NYU40_PALETTE
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def nyu_root(tmp_path):
+    files, _ = nyu_files(np.random.default_rng(0))
+    write_tar(tmp_path / "data" / NYU_TAR, files)
+    return tmp_path / "data"
+
+
+def write_preds(pred_dir, dataset, fn):
+    for sample in dataset:
+        path = pred_dir / f"{prediction_stem(sample.key)}_pred.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, fn(sample))
+
+
+def run_eval(*args):
+    return runner.invoke(app, ["eval", *map(str, args)])
+
+
+def test_nyu_oracle_scores_zero_error(nyu_root, tmp_path):
+    ds = get_dataset("nyu", nyu_root, limit=2)
+    write_preds(tmp_path / "pred", ds, lambda s: s.gt)
+    out = tmp_path / "results.json"
+    result = run_eval("--dataset", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "pred",
+                      "--limit", 2, "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["dataset"] == "nyu" and report["n_images"] == 2 and report["checkpoint"] is None
+    assert report["metrics"]["absrel"] == pytest.approx(0, abs=1e-12)
+    assert report["metrics"]["delta1"] == 1.0
+    assert report["protocol"]["space"] == "depth" and report["protocol"]["min_depth"] == 1e-3
+    assert report["paper"]["metrics"] == {"absrel": 0.052, "delta1": 0.966}
+    rows = list(csv.DictReader(open(tmp_path / "results_per_image.csv")))
+    assert [r["key"] for r in rows] == ds.keys() and float(rows[0]["absrel"]) == pytest.approx(0, abs=1e-12)
+
+
+def test_nyu_affine_prediction_is_aligned_away(nyu_root, tmp_path):
+    ds = get_dataset("nyu", nyu_root, limit=2)
+    write_preds(tmp_path / "pred", ds, lambda s: (0.5 * s.gt + 3.0).astype(np.float32))
+    out = tmp_path / "r.json"
+    run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "pred", "--limit", 2, "-o", out)
+    assert json.loads(out.read_text())["metrics"]["absrel"] < 1e-6
+
+
+def test_nyu_known_perturbation_scores_the_formula(nyu_root, tmp_path):
+    ds = get_dataset("nyu", nyu_root, limit=2)
+    write_preds(tmp_path / "pred", ds, lambda s: (s.gt**2).astype(np.float32))
+    out = tmp_path / "r.json"
+    run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "pred", "--limit", 2, "-o", out)
+    expected = []
+    for s in ds:  # least squares by hand, then the protocol's clips, then SPEC's formulas
+        p, g = (s.gt.astype(np.float64) ** 2)[s.valid], s.gt.astype(np.float64)[s.valid]
+        a = np.vstack([p, np.ones_like(p)]).T
+        scale, shift = np.linalg.solve(a.T @ a, a.T @ g)
+        aligned = np.maximum(np.clip(scale * s.gt.astype(np.float32) ** 2 + shift, 1e-3, 10.0), 1e-6)
+        ratio = np.maximum(aligned[s.valid] / g, g / aligned[s.valid])
+        expected.append((np.mean(np.abs(aligned[s.valid] - g) / g), np.mean(ratio < 1.25)))
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["absrel"] == pytest.approx(np.mean([e[0] for e in expected]), rel=1e-6)
+    assert metrics["delta1"] == pytest.approx(np.mean([e[1] for e in expected]), rel=1e-9)
+    assert metrics["absrel"] > 0.01
+
+
+def test_disparity_space_from_the_checkpoint(nyu_root, tmp_path):
+    ds = get_dataset("nyu", nyu_root, limit=2)
+    write_preds(tmp_path / "pred", ds, lambda s: np.where(s.gt > 0, 1.0 / np.maximum(s.gt, 1e-3), 0).astype(np.float32))
+    out = tmp_path / "r.json"
+    run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "pred", "--limit", 2,
+             "-c", "disparity", "-o", out)
+    report = json.loads(out.read_text())
+    assert report["protocol"]["space"] == "disparity"
+    assert report["metrics"]["absrel"] < 1e-5 and report["metrics"]["delta1"] == 1.0
+
+
+def test_missing_and_bad_predictions_fail_unless_allowed(nyu_root, tmp_path):
+    ds = get_dataset("nyu", nyu_root, limit=2)
+    write_preds(tmp_path / "pred", ds, lambda s: s.gt)
+    first = tmp_path / "pred" / f"{prediction_stem(ds.keys()[0])}_pred.npy"
+    np.save(first, np.full((480, 640), np.nan, np.float32))
+    args = ["-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "pred", "--limit", 2]
+    result = run_eval(*args)
+    assert result.exit_code == 1
+    assert "non-finite" in result.output and "--allow-missing" in result.output
+    np.save(first, np.zeros((10, 10), np.float32))
+    assert "has shape (10, 10)" in run_eval(*args).output
+    first.unlink()
+    result = run_eval(*args, "--allow-missing", "-o", tmp_path / "r.json")
+    assert result.exit_code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n_images"] == 1 and len(report["problems"]) == 1 and "is missing" in report["problems"][0]
+
+
+def test_eval_with_a_checkpoint_and_saved_predictions_round_trip(nyu_root, tmp_path, checkpoint_root):
+    saved, out1, out2 = tmp_path / "saved", tmp_path / "model.json", tmp_path / "files.json"
+    result = run_eval("-d", "nyu", "--data-dir", nyu_root, "-c", checkpoint_root / "unet_depth_v2", "--limit", 2,
+                      "--processing-res", 64, "--save-predictions", saved, "-o", out1)
+    assert result.exit_code == 0, result.output
+    assert len(list(saved.rglob("*_pred.npy"))) == 2
+    run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", saved, "--limit", 2, "-o", out2)
+    model, files = json.loads(out1.read_text()), json.loads(out2.read_text())
+    assert model["protocol"]["processing_res"] == 64 and model["protocol"]["source"] == "model"
+    for key in ("absrel", "delta1", "rmse"):
+        assert model["metrics"][key] == pytest.approx(files["metrics"][key], rel=1e-9)
+    assert model["metrics"]["absrel"] > 0  # a random model is not an oracle
+
+
+def test_wrong_task_checkpoint_is_refused(nyu_root, checkpoint_root):
+    result = run_eval("-d", "nyu", "--data-dir", nyu_root, "-c", checkpoint_root / "unet_normal_v2")
+    assert result.exit_code == 2 and "predicts normal" in result.output
+
+
+def test_missing_archive_is_one_sentence(tmp_path):
+    result = run_eval("-d", "kitti", "--data-dir", tmp_path, "--predictions", tmp_path)
+    assert result.exit_code == 2 and "kitti" in result.output and "Traceback" not in result.output
+
+
+def test_dis_te_oracle_and_subsets(tmp_path):
+    files, _ = dis_files(np.random.default_rng(1))
+    write_tree(tmp_path / "data" / "DIS5K", files)
+    ds = get_dataset("dis-te", tmp_path / "data")
+    write_preds(tmp_path / "pred", ds, lambda s: (s.gt > 128).astype(np.float32))
+    out = tmp_path / "r.json"
+    result = run_eval("-d", "dis-te", "--data-dir", tmp_path / "data", "--predictions", tmp_path / "pred", "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    m = report["metrics"]
+    assert m["maxf"] == pytest.approx(1.0) and m["mae"] == 0 and m["hce"] == 0
+    assert m["sm"] == pytest.approx(1.0)
+    assert 0.99 < m["em"] < 120 / 119  # PySOD divides by N - 1: a perfect 10x12 map scores 120/119
+    assert sorted(report["subsets"]) == ["DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4"]
+    assert report["paper"]["metrics"]["hce"] == 1364
+
+
+def test_matting_oracle_and_known_offset(tmp_path):
+    files, _ = matting_files(np.random.default_rng(2), "original_image")
+    write_tree(tmp_path / "data/P3M-10k/validation/P3M-500-NP", files)
+    ds = get_dataset("p3m-500-np", tmp_path / "data")
+    write_preds(tmp_path / "pred", ds, lambda s: s.gt)
+    out = tmp_path / "r.json"
+    run_eval("-d", "p3m-500-np", "--data-dir", tmp_path / "data", "--predictions", tmp_path / "pred", "-o", out)
+    m = json.loads(out.read_text())["metrics"]
+    assert m["sad"] == 0 and m["mse"] == 0 and m["grad"] == 0 and m["conn"] == 0
+    write_preds(tmp_path / "pred", ds, lambda s: np.clip(s.gt + 0.1, 0, 1))
+    run_eval("-d", "p3m-500-np", "--data-dir", tmp_path / "data", "--predictions", tmp_path / "pred", "-o", out)
+    m = json.loads(out.read_text())["metrics"]
+    expected = np.mean([np.abs(np.clip(s.gt.astype(np.float64) + 0.1, 0, 1) - s.gt).sum() / 1000 for s in ds])
+    assert m["sad"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_seg_oracle_from_colours(tmp_path):
+    from test_datasets import hypersim_tree
+
+    hypersim_tree(tmp_path / "data", np.random.default_rng(3))
+    ds = get_dataset("hypersim-seg", tmp_path / "data")
+    write_preds(tmp_path / "pred", ds, lambda s: NYU40_PALETTE[np.where(s.gt == 255, 0, s.gt)].astype(np.float32) / 255)
+    out = tmp_path / "r.json"
+    result = run_eval("-d", "hypersim-seg", "--data-dir", tmp_path / "data", "--predictions", tmp_path / "pred", "-o", out)
+    assert result.exit_code == 0, result.output
+    m = json.loads(out.read_text())["metrics"]
+    assert m["miou"] == 100.0 and m["pixel_acc"] == 100.0
+    assert m["per_class_iou"]["wall"] == 100.0 and m["per_class_iou"]["bed"] is None  # absent -> null
+
+
+def test_normal_oracle_and_flip(tmp_path):
+    rng = np.random.default_rng(4)
+    raw = rng.integers(1, 256, (6, 8, 3), dtype=np.uint8)
+    write_tree(tmp_path / "data/dsine_eval/nyuv2", {
+        "test/000000_img.png": png_bytes(rng_image(rng, 6, 8)), "test/000000_normal.png": png_bytes(raw),
+        "test/000000_intrins.npy": npy_bytes(np.eye(3, dtype=np.float32))})
+    ds = get_dataset("nyu-normal", tmp_path / "data", limit=1)
+    write_preds(tmp_path / "pred", ds, lambda s: s.gt)
+    out = tmp_path / "r.json"
+    args = ["-d", "nyu-normal", "--data-dir", tmp_path / "data", "--predictions", tmp_path / "pred", "--limit", 1, "-o", out]
+    assert run_eval(*args).exit_code == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert m["mean"] == pytest.approx(0, abs=1e-3) and m["a5"] == 100.0
+    run_eval(*args, "--normal-flip", "x")
+    s = ds[0]
+    g = s.gt[s.valid] / np.linalg.norm(s.gt[s.valid], axis=-1, keepdims=True)
+    flipped = g * np.array([-1, 1, 1])
+    expected = np.degrees(np.arccos(np.clip((flipped * g).sum(-1), -1, 1))).mean()
+    assert json.loads(out.read_text())["metrics"]["mean"] == pytest.approx(expected, rel=1e-5)
+    assert json.loads(out.read_text())["protocol"]["prediction_flip"] == "x"
+
+
+def test_depth_metrics_formula_on_random_data():
+    rng = np.random.default_rng(5)
+    g = rng.uniform(0.5, 5, (20, 30))
+    p = g * rng.uniform(0.8, 1.25, g.shape)
+    valid = rng.random(g.shape) > 0.3
+    m = depth_metrics(p, g, valid)
+    assert m["absrel"] == pytest.approx(np.mean(np.abs(p - g)[valid] / g[valid]))
+    d = np.log(p[valid]) - np.log(g[valid])
+    assert m["silog"] == pytest.approx(100 * np.sqrt(np.mean(d**2) - np.mean(d) ** 2))
