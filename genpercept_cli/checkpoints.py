@@ -275,25 +275,60 @@ def fetch_checkpoint(
                 raise CheckpointError(f"{folder} lacks {', '.join(missing)}; copy them from the released checkpoint.")
         return CheckpointFiles(spec, spec.unet_dir, spec.vae_dir, spec.dpt_dir)
 
-    from huggingface_hub import hf_hub_download
-
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    paths: dict[str, Path] = {}
     files = required_files(spec)
-    for i, (repo, repo_path) in enumerate(files):
-        try:
-            local = hf_hub_download(
-                repo, repo_path, revision=spec.revision, cache_dir=cache_dir, local_files_only=local_files_only
-            )
-        except Exception as exc:  # offline, DNS, 404, gated: all end in the same advice
-            reason = "offline or unreachable" if _looks_offline(exc) else f"{type(exc).__name__}"
-            raise CheckpointError(_offline_message(spec, files[i:], reason)) from None
-        _verify_sha256(spec, repo_path, Path(local))
-        paths[repo_path] = Path(local).parent
+    # Cache first: released weights do not change, and a cached checkpoint must work offline.
+    paths = _download(spec, files, cache_dir, local_only=True)
+    if paths is None:
+        if local_files_only:
+            raise CheckpointError(_offline_message(spec, _missing(spec, files, cache_dir), "offline mode: HF_HUB_OFFLINE is set"))
+        if not _hub_reachable():
+            raise CheckpointError(_offline_message(spec, _missing(spec, files, cache_dir), "offline or unreachable"))
+        paths = _download(spec, files, cache_dir, local_only=False)
     vae_dir = paths[f"{spec.vae_location()[1]}/{MODEL_FILES[1]}"]
     dpt_dir = paths.get(f"{spec.dpt_head}/{DPT_FILES[0]}") if spec.dpt_head else None
     return CheckpointFiles(spec, paths[f"{spec.subfolder}/{MODEL_FILES[1]}"], vae_dir, dpt_dir)
+
+
+def _download(spec, files, cache_dir, local_only: bool) -> dict[str, Path] | None:
+    """{repo path: local folder} for every file; None when `local_only` and something is not cached."""
+    from huggingface_hub import hf_hub_download
+
+    paths: dict[str, Path] = {}
+    for i, (repo, repo_path) in enumerate(files):
+        try:
+            local = hf_hub_download(
+                repo, repo_path, revision=spec.revision, cache_dir=cache_dir, local_files_only=local_only
+            )
+        except Exception as exc:  # offline, DNS, 404, gated: all end in the same advice
+            if local_only:
+                return None
+            reason = "offline or unreachable" if _looks_offline(exc) else type(exc).__name__
+            raise CheckpointError(_offline_message(spec, files[i:], reason)) from None
+        _verify_sha256(spec, repo_path, Path(local))
+        paths[repo_path] = Path(local).parent
+    return paths
+
+
+def _missing(spec, files, cache_dir) -> list[tuple[str, str]]:
+    from huggingface_hub import try_to_load_from_cache
+
+    return [(repo, path) for repo, path in files
+            if not isinstance(try_to_load_from_cache(repo, path, cache_dir=cache_dir, revision=spec.revision), str)]
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A TCP connection to the hub endpoint within `timeout`: fails fast instead of five retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _looks_offline(exc: Exception) -> bool:

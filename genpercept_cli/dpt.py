@@ -178,10 +178,10 @@ class DPTHead(nn.Module):
         `fusion_hidden_size` (transformers' DPT names) override the SD2.1 defaults.
         Raises CheckpointError naming the first missing / unexpected / mis-shaped keys.
         """
-        from .loading import _read_config, _read_weights, load_strict
+        from .loading import load_strict, read_config, read_weights
 
         folder = Path(folder)
-        config = _read_config(folder) if (folder / "config.json").is_file() else {}
+        config = read_config(folder) if (folder / "config.json").is_file() else {}
         try:
             in_channels = tuple(config.get("neck_hidden_sizes", SD21_UP_BLOCK_CHANNELS))
             features = int(config.get("fusion_hidden_size", 256))
@@ -190,7 +190,7 @@ class DPTHead(nn.Module):
         except (TypeError, ValueError) as exc:
             where = folder / "config.json"
             raise CheckpointError(f"{where} is not a valid DPT head config ({exc}).") from None
-        load_strict(head, _read_weights(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE, dtype)
+        load_strict(head, read_weights(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE, dtype)
         return head.eval().requires_grad_(False)
 
 

@@ -30,7 +30,7 @@ def empty_text_embedding(version: str = "v2") -> torch.Tensor:
     return torch.from_numpy(table[: EMBED_TOKENS[version]].astype(np.float32))[None]
 
 
-def _read_config(folder: Path) -> dict:
+def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     try:
         config = json.loads(path.read_text())
@@ -42,7 +42,7 @@ def _read_config(folder: Path) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -69,20 +69,22 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: 
     module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
 
 
-def _build(cls, folder: Path, dtype: torch.dtype, drop: tuple[str, ...] = ()):
+def _build(cls, folder: Path, dtype: torch.dtype, dpt: bool = False):
     import diffusers
 
     diffusers.logging.set_verbosity_error()  # unknown v1 config keys would otherwise warn
-    config = _read_config(folder)
-    state = _read_weights(folder / "diffusion_pytorch_model.safetensors")
-    if drop:
-        state = {k: v for k, v in state.items() if not any(d in k for d in drop)}
+    config = read_config(folder)
+    state = read_weights(folder / "diffusion_pytorch_model.safetensors")
+    if dpt:
+        from .dpt import strip_unet_head_keys
+
+        state = strip_unet_head_keys(state)
     try:
         with torch.device("meta"):  # no random init of 865M parameters we overwrite anyway
             module = cls.from_config(config)
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{folder / 'config.json'} is not a valid {cls.__name__} config ({exc}).") from None
-    if drop:
+    if dpt:
         from .dpt import prepare_dpt_unet
 
         module = prepare_dpt_unet(module)
@@ -94,7 +96,7 @@ def load_unet(folder: Path, dtype: torch.dtype = torch.float32, dpt: bool = Fals
     """diffusers UNet2DConditionModel from `folder`; `dpt=True` drops conv_out / conv_norm_out."""
     from diffusers import UNet2DConditionModel
 
-    unet = _build(UNet2DConditionModel, folder, dtype, drop=("conv_out", "conv_norm_out") if dpt else ())
+    unet = _build(UNet2DConditionModel, folder, dtype, dpt=dpt)
     if unet.config.cross_attention_dim != EMBED_DIM:
         raise CheckpointError(
             f"{folder} has cross_attention_dim {unet.config.cross_attention_dim}, not the SD2.1 {EMBED_DIM}."

@@ -173,3 +173,20 @@ def test_vae_fp16_weights_load_in_fp32(checkpoint_root):
     vae = load_vae(checkpoint_root / "vae")
     assert next(vae.parameters()).dtype == torch.float32
     assert not any(p.is_meta for p in vae.parameters())
+
+
+def test_unreachable_hub_fails_fast_naming_only_missing_files(tmp_path, checkpoint_root, monkeypatch):
+    import genpercept_cli.checkpoints as ck
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(ck, "_hub_reachable", lambda timeout=3.0: False)
+    snap = tmp_path / "models--guangkaixu--genpercept-models" / "snapshots" / ("1" * 40)
+    shutil.copytree(checkpoint_root / "vae", snap / "vae")  # the VAE is cached, the U-Net is not
+    (tmp_path / "models--guangkaixu--genpercept-models" / "refs").mkdir()
+    (tmp_path / "models--guangkaixu--genpercept-models" / "refs" / "main").write_text("1" * 40)
+    with pytest.raises(CheckpointError) as err:
+        fetch_checkpoint(resolve_checkpoint("normal"), cache_dir=tmp_path)
+    msg = str(err.value)
+    assert "offline or unreachable" in msg and "unet_normal_v2/config.json" in msg
+    assert "vae/config.json" not in msg
+    assert cached_status(resolve_checkpoint("normal"), cache_dir=tmp_path) == "partial"

@@ -128,3 +128,24 @@ def test_non_finite_half_precision_batch_is_rerun_in_fp32(checkpoint_root, pipes
     # the recovered batch is the fp32 result (up to the bf16 rounding of the stored weights)
     assert np.abs(out - pipes["depth"](image, processing_res=48)).max() < 0.05
     assert np.isfinite(out).all()
+
+
+def test_dpt_head_model_through_the_released_layout(tmp_path):
+    from tiny_models import write_dpt_checkpoint
+
+    from genpercept_cli.dpt import minmax_per_image, unet_up_block_features
+
+    root = write_dpt_checkpoint(tmp_path / "models")
+    pipe = GenPerceptPipeline.from_checkpoint(str(root / "unet_disparity_dpt_head_v2"))
+    assert pipe.spec.task == "disparity" and pipe.stages.dpt_head is not None
+    image = random_image(50, 75, 8)
+    ours = pipe(image, processing_res=96)  # 64x96: the head's native size equals it
+    # reference: resize, encode, U-Net up-block features at t=1, head, per-image min-max, resize back
+    x = resize_uint8(torch.from_numpy(image).permute(2, 0, 1)[None].contiguous(), (64, 96)).float() / 255 * 2 - 1
+    with torch.no_grad():
+        z = pipe.stages.vae.encode(x).latent_dist.mode() * 0.18215
+        feats = unet_up_block_features(pipe.stages.unet, z, 1, empty_text_embedding("v2"))
+        d = minmax_per_image(pipe.stages.dpt_head(feats))
+        d = F.interpolate(d, size=(50, 75), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    np.testing.assert_allclose(ours, d[0, 0].numpy(), atol=1e-6)
+    assert ours.min() >= 0 and ours.max() <= 1 and ours.std() > 1e-3

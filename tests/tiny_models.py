@@ -85,3 +85,28 @@ def write_checkpoint_root(root: Path, tasks=tuple(TASK_FOLDERS), seed: int = 0) 
 def write_task_repo(root: Path, task: str = "depth", seed: int = 0) -> Path:
     """A per-task repo like guangkaixu/genpercept-depth: one unet_* folder beside vae/."""
     return write_checkpoint_root(root, tasks=(task,), seed=seed)
+
+
+def write_dpt_checkpoint(root: Path, seed: int = 7) -> Path:
+    """`unet_disparity_dpt_head_v2/` + `dpt_head_identity/model.safetensors` + `vae/` (released layout).
+
+    The tiny head carries a config.json with its widths (the release has none: SD2.1 widths).
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from genpercept_cli.dpt import DPTHead
+
+    root.mkdir(parents=True, exist_ok=True)
+    make_vae(seed + 100).half().save_pretrained(root / "vae", safe_serialization=True)
+    make_unet(seed).save_pretrained(root / "unet_disparity_dpt_head_v2", safe_serialization=True)
+    widths = list(UNET_CONFIG["block_out_channels"])  # up-block outputs, finest first
+    head = DPTHead(widths, features=8)
+    _randomise(head, seed + 1)
+    (root / "dpt_head_identity").mkdir()
+    save_file(head.state_dict(), str(root / "dpt_head_identity" / "model.safetensors"))
+    (root / "dpt_head_identity" / "config.json").write_text(
+        json.dumps({"neck_hidden_sizes": widths, "fusion_hidden_size": 8})
+    )
+    return root
