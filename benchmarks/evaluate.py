@@ -272,7 +272,9 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
 
         spec = pipe.spec if pipe is not None else resolve_checkpoint(opts.checkpoint)
         if spec.task not in CHECKPOINT_TASKS[ds.task]:
-            raise GenPerceptError(f"{opts.dataset} is a {ds.task} benchmark; checkpoint {spec.name!r} predicts {spec.task}.")
+            raise GenPerceptError(
+                f"{opts.dataset} is a {ds.task} benchmark; checkpoint {spec.name!r} predicts {spec.task}."
+            )
     space = opts.space if opts.space != "auto" else ("disparity" if spec and spec.task == "disparity" else "depth")
     res = ds.processing_res if opts.processing_res is None else opts.processing_res
     if opts.predictions is None and pipe is None:
@@ -292,7 +294,8 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
         if progress is not None:
             progress.advance(task_id)
     if not rows:
-        raise GenPerceptError(f"no sample of {opts.dataset} could be scored ({len(problems)} problems; first: {problems[0] if problems else 'none'}).")
+        first = problems[0] if problems else "none"
+        raise GenPerceptError(f"no sample of {opts.dataset} could be scored ({len(problems)} problems; {first}).")
     metrics = scorer.compute()
     protocol = _protocol(ds, opts, space, res, spec)
     section, key = PAPER_KEYS.get(opts.dataset, (None, None))

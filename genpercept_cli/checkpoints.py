@@ -19,7 +19,9 @@ from .errors import CheckpointError
 TASKS = ("depth", "disparity", "normal", "dis", "matting", "seg")
 MODEL_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 DPT_FILES = ("model.safetensors",)
-_UNET_NAME = re.compile(r"unet_(?P<task>depth|disparity_dpt_head|disparity|normal|dis|matting|seg)(?:_(?P<version>v\d+))?")
+_UNET_NAME = re.compile(
+    r"unet_(?P<task>depth|disparity_dpt_head|disparity|normal|dis|matting|seg)(?:_(?P<version>v\d+))?"
+)
 _DEFAULT_OUTPUT = {
     "depth": "affine-invariant depth in [0,1], 0 = near, 1 = far",
     "disparity": "affine-invariant disparity in [0,1], 1 = near",
@@ -282,7 +284,8 @@ def fetch_checkpoint(
     paths = _download(spec, files, cache_dir, local_only=True)
     if paths is None:
         if local_files_only:
-            raise CheckpointError(_offline_message(spec, _missing(spec, files, cache_dir), "offline mode: HF_HUB_OFFLINE is set"))
+            missing = _missing(spec, files, cache_dir)
+            raise CheckpointError(_offline_message(spec, missing, "offline mode: HF_HUB_OFFLINE is set"))
         if not _hub_reachable():
             raise CheckpointError(_offline_message(spec, _missing(spec, files, cache_dir), "offline or unreachable"))
         paths = _download(spec, files, cache_dir, local_only=False)

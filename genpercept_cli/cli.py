@@ -7,7 +7,6 @@ import functools
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -43,8 +42,15 @@ def user_errors(fn):
 
 
 def make_progress():
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     class RateColumn(TextColumn):
         def render(self, task):
@@ -61,11 +67,11 @@ def make_progress():
 @user_errors
 def predict(
     source: str = typer.Argument(..., help="An image file, a folder (searched recursively) or a quoted glob."),
-    task: Optional[str] = typer.Option(None, help="depth, disparity, normal, dis, matting or seg (default: from the checkpoint)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Registry name, hub id[/subfolder] or local folder (default: the task's v2 model)."),
+    task: str | None = typer.Option(None, help="depth, disparity, normal, dis, matting or seg (default: from the checkpoint)."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help="Registry name, hub id[/subfolder] or local folder (default: the task's v2 model)."),
     output: Path = typer.Option(Path("genpercept_output"), "--output", "-o", help="Output root; the input tree is mirrored below it."),
-    processing_res: Optional[int] = typer.Option(None, help="Long side the model sees, in pixels; 0 = native size (default: the checkpoint's, 768)."),
-    formats: Optional[str] = typer.Option(None, help="Comma-separated outputs, e.g. npy,png16,color (default: the task's)."),
+    processing_res: int | None = typer.Option(None, help="Long side the model sees, in pixels; 0 = native size (default: the checkpoint's, 768)."),
+    formats: str | None = typer.Option(None, help="Comma-separated outputs, e.g. npy,png16,color (default: the task's)."),
     batch_size: int = typer.Option(0, help="Images per batch; 0 = automatic (1 on CPU, by free memory on CUDA)."),
     device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
@@ -141,14 +147,14 @@ app.command("bench-speed")(user_errors(bench_speed))
 @user_errors
 def eval_command(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Benchmark: nyu, kitti, eth3d, scannet, diode[-indoor|-outdoor], nyu-normal, scannet-normal, sintel-normal, ibims-normal, vkitti-normal, dis-vd, dis-te1..4, dis-te, p3m-500-np, aim-500, hypersim-seg."),
-    data_dir: Optional[Path] = typer.Option(None, envvar="GENPERCEPT_DATA", help="Root holding the public evaluation archives (or set GENPERCEPT_DATA)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Model to run (default: the benchmark task's v2 model, unless --predictions)."),
-    predictions: Optional[Path] = typer.Option(None, help="Score predictions on disk instead: <DIR>/<sample path without suffix>_pred.npy, as `predict` writes."),
-    save_predictions: Optional[Path] = typer.Option(None, help="Also write the model's predictions here (npy, the --predictions layout)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="results JSON; a per-image CSV is written beside it."),
-    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Per-image CSV (default: beside --output)."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N samples (a quick look; not comparable to the paper)."),
-    processing_res: Optional[int] = typer.Option(None, help="Override the protocol's processing resolution."),
+    data_dir: Path | None = typer.Option(None, envvar="GENPERCEPT_DATA", help="Root holding the public evaluation archives (or set GENPERCEPT_DATA)."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help="Model to run (default: the benchmark task's v2 model, unless --predictions)."),
+    predictions: Path | None = typer.Option(None, help="Score predictions on disk instead: <DIR>/<sample path without suffix>_pred.npy, as `predict` writes."),
+    save_predictions: Path | None = typer.Option(None, help="Also write the model's predictions here (npy, the --predictions layout)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="results JSON; a per-image CSV is written beside it."),
+    csv_path: Path | None = typer.Option(None, "--csv", help="Per-image CSV (default: beside --output)."),
+    limit: int | None = typer.Option(None, help="Only the first N samples (a quick look; not comparable to the paper)."),
+    processing_res: int | None = typer.Option(None, help="Override the protocol's processing resolution."),
     space: str = typer.Option("auto", help="Depth alignment space: auto (from the checkpoint), depth or disparity."),
     eth3d_subsample: str = typer.Option("reference", help="ETH3D alignment fit: reference (the published columns-only subsample) or uniform."),
     normal_mode: str = typer.Option("pooled", help="Normals: pooled (DSINE, the paper) or per_image (Marigold)."),

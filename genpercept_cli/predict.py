@@ -150,7 +150,7 @@ def run_predict(
         # Keep two batches of decodes in flight ahead of the model.
         pending = [[readers.submit(load, it, size) for it in items] for size, items in batches[:2]]
         writes: list[tuple[InputImage, Future]] = []
-        for b, (size, items) in enumerate(batches):
+        for b, (_size, items) in enumerate(batches):
             futures = pending.pop(0)
             if b + 2 < len(batches):
                 nsize, nitems = batches[b + 2]

@@ -6,13 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import write_task_repo
 
 from genpercept_cli.checkpoints import (
-    cached_status, default_checkpoint, fetch_checkpoint, load_registry, required_files, resolve_checkpoint,
+    cached_status,
+    default_checkpoint,
+    fetch_checkpoint,
+    load_registry,
+    required_files,
+    resolve_checkpoint,
 )
 from genpercept_cli.errors import CheckpointError
 from genpercept_cli.loading import load_unet, load_vae
-from tiny_models import write_task_repo
 
 REGISTRY_NAMES = ("depth", "disparity", "disparity-dpt", "normal", "dis", "matting", "seg",
                   "depth-v1", "normal-v1", "dis-v1", "matting-v1")

@@ -27,7 +27,7 @@ def photos(tmp_path):
     Image.fromarray(np.dstack([_rgb(33, 47, 3), np.full((33, 47), 7, np.uint8)])).save(src / "a" / "b" / "rgba.png")
     Image.fromarray(_rgb(36, 36, 4)).convert("P").save(src / "a" / "b" / "palette.png")
     Image.fromarray(_rgb(36, 48, 5)).convert("CMYK").save(src / "a" / "b" / "cmyk.jpg")
-    Image.fromarray((np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) * 50)).save(src / "a" / "deep16.png")
+    Image.fromarray(np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) * 50).save(src / "a" / "deep16.png")
     (src / "a" / "empty.jpg").write_bytes(b"")
     (src / "a" / "b" / "notes.png").write_text("not an image")
     good = src / "top.jpg"
