@@ -39,7 +39,6 @@ from collections import defaultdict
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -76,11 +75,9 @@ TINY_VAE = {**SD_VAE, "block_out_channels": (8, 8, 16, 16), "layers_per_block": 
             "sample_size": 32}
 PRESETS = {"sd21": (SD21_UNET, SD_VAE, 256), "tiny": (TINY_UNET, TINY_VAE, 8)}  # + DPT fusion width
 
-PROTOCOLS = ("genpercept", "reference", "marigold")
-_PROTOCOL = re.compile(r"^(?P<name>genpercept|reference|marigold)(?::(?P<s>\d+)x(?P<e>\d+))?(?:@(?P<r>\d+))?$")
-
-# Fast-path switches that won on each device kind in benchmarks/results (channels-last: see README).
-MEASURED_DEFAULTS = {"cpu": {"channels_last": False}, "cuda": {"channels_last": True}}
+_PROTOCOL = re.compile(
+    r"^(?P<name>genpercept|reference|marigold)(?::(?P<s>\d+)x(?P<e>\d+))?(?:@(?P<r>\d+))?$"
+)
 
 
 # -- protocols ----------------------------------------------------------------------------------
@@ -112,8 +109,11 @@ def parse_protocols(specs: list[str], steps: int, ensemble: int) -> list[Protoco
         name, s, e, r = match["name"], match["s"], match["e"], match["r"]
         if s and name != "marigold":
             raise GenPerceptError(f"{spec!r}: only the marigold protocol takes steps x ensemble.")
-        p = Protocol(name, int(s or steps), int(e or ensemble), int(r) if r else None) if name == "marigold" \
-            else Protocol(name, repeats=int(r) if r else None)
+        repeats = int(r) if r else None
+        if name == "marigold":
+            p = Protocol(name, int(s or steps), int(e or ensemble), repeats)
+        else:
+            p = Protocol(name, repeats=repeats)
         if p.steps < 1 or p.ensemble < 1 or (p.repeats is not None and p.repeats < 1):
             raise GenPerceptError(f"{spec!r}: steps, ensemble size and repeats must be at least 1.")
         protocols.append(p)
@@ -197,8 +197,8 @@ def marigold_unet(unet):
     names = ("conv_in", "conv_norm_out", "conv_act", "conv_out")
     saved = {name: getattr(base, name) for name in names}
     ref = base.conv_in.weight
-    fmt = torch.channels_last if ref.is_contiguous(memory_format=torch.channels_last) and ref.shape[1] > 1 \
-        else torch.contiguous_format
+    nhwc = ref.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
     cfg = base.config
 
     def make(factory):
@@ -227,7 +227,7 @@ def ddim_schedule(steps: int, train_steps: int = 1000) -> list[tuple[int, float,
     alpha_bar = torch.cumprod(1.0 - betas, 0).tolist()
     ts = [round(train_steps - 1 - i * (train_steps - 1) / steps) for i in range(steps)]
     prev = [alpha_bar[t] for t in ts[1:]] + [1.0]
-    return [(t, alpha_bar[t], p) for t, p in zip(ts, prev)]
+    return [(t, alpha_bar[t], p) for t, p in zip(ts, prev, strict=True)]
 
 
 def ddim_step(x, v, alpha_bar: float, alpha_bar_prev: float):
@@ -255,9 +255,8 @@ def ensemble_median(members, iterations: int = 3):
     for _ in range(iterations):
         ref = flat.median(dim=0).values  # [N]
         centred = flat - flat.mean(dim=1, keepdim=True)
-        scale = (centred * (ref - ref.mean())).mean(1, keepdim=True) / centred.pow(2).mean(1, keepdim=True).clamp_min(
-            1e-12
-        )
+        variance = centred.pow(2).mean(1, keepdim=True).clamp_min(1e-12)
+        scale = (centred * (ref - ref.mean())).mean(1, keepdim=True) / variance
         flat = scale * centred + ref.mean()
     out = flat.median(dim=0).values
     out = (out - out.min()) / (out.max() - out.min()).clamp_min(1e-12)
@@ -301,7 +300,8 @@ class MarigoldBaseline:
             x = torch.randn(cond.shape, generator=gen).to(cond.device, cond.dtype)
             embed = pipe.stages.embedding.expand(n, -1, -1)
             for t, alpha_bar, alpha_bar_prev in self.schedule:
-                v = self.unet(torch.cat([cond, x], dim=1), t, encoder_hidden_states=embed, return_dict=False)[0]
+                sample = torch.cat([cond, x], dim=1)  # [n,8,h/8,w/8]
+                v = self.unet(sample, t, encoder_hidden_states=embed, return_dict=False)[0]
                 x = ddim_step(x, v, alpha_bar, alpha_bar_prev)
             members.append(pipe.head(pipe.decode(x)))  # [n,C,h,w] in [0,1]
         with self.clock.stage("ensemble"):
@@ -415,7 +415,8 @@ def make_inputs(folder: Path, count: int, side: int, seed: int = 0) -> list:
     folder.mkdir(parents=True, exist_ok=True)
     items = []
     for i in range(count):
-        coarse = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((side, side), Image.BICUBIC)
+        coarse = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+        coarse = coarse.resize((side, side), Image.BICUBIC)
         pixels = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (side, side, 3))
         path = folder / f"bench_{i:03d}.jpg"
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=92)
@@ -423,7 +424,7 @@ def make_inputs(folder: Path, count: int, side: int, seed: int = 0) -> list:
     return items
 
 
-def run_serial(target, images, output: Path, formats, res: int, batch_size: int, clock, empty_cache: bool) -> None:
+def run_serial(target, images, output: Path, formats, res: int, batch_size: int, clock, empty_cache: bool):
     """read -> predict -> post-process -> write, one batch after the other, nothing overlapped."""
     import torch
 
@@ -441,7 +442,7 @@ def run_serial(target, images, output: Path, formats, res: int, batch_size: int,
                 loaded = [read_rgb(item.path) for item in chunk]
                 rgb = torch.cat([resize_uint8(image_to_tensor(image), size) for image in loaded])
             preds = target.predict_batch(rgb)
-            for item, image, pred in zip(chunk, loaded, preds):
+            for item, image, pred in zip(chunk, loaded, preds, strict=True):
                 arr = target.postprocess(pred, image.shape[:2])
                 with clock.stage("write", sync=False):
                     write_prediction(arr, target.task, output / item.rel_stem, formats, image=image)
@@ -456,13 +457,10 @@ def run_overlapped(target, images, output: Path, formats, res: int, batch_size: 
     from . import outputs, pipeline, predict
 
     with ExitStack() as stack:
-        stack.enter_context(mock.patch.object(predict, "read_rgb", clock.timed("load", predict.read_rgb, False)))
-        stack.enter_context(
-            mock.patch.object(pipeline, "resize_uint8", clock.timed("load", pipeline.resize_uint8, False))
-        )
-        stack.enter_context(
-            mock.patch.object(outputs, "write_prediction", clock.timed("write", outputs.write_prediction, False))
-        )
+        for module, name, stage in ((predict, "read_rgb", "load"), (pipeline, "resize_uint8", "load"),
+                                    (outputs, "write_prediction", "write")):
+            timed = clock.timed(stage, getattr(module, name), sync=False)
+            stack.enter_context(mock.patch.object(module, name, timed))
         report = predict.run_predict(target, images, output, formats, res, batch_size, workers=2)
     if report.failed:
         raise GenPerceptError(f"the benchmark run failed: {report.failed[0][1]}")
@@ -473,7 +471,9 @@ def instrumented(pipe, clock):
     """Stage hooks on the pipeline's modules and a timer around its post-processing."""
     s = pipe.stages
     handles = clock.hook(s.vae.encoder, "vae_encode") + clock.hook(s.unet, "unet", count_samples=True)
-    handles += clock.hook(s.dpt_head, "dpt_head") if s.dpt_head is not None else clock.hook(s.vae.decoder, "vae_decode")
+    handles += clock.hook(s.vae.decoder, "vae_decode")  # the DPT-head one-step path never calls it
+    if s.dpt_head is not None:
+        handles += clock.hook(s.dpt_head, "dpt_head")
     pipe.postprocess = clock.timed("postprocess", type(pipe).postprocess.__get__(pipe))
     try:
         yield
@@ -502,6 +502,7 @@ def measure(run_once, warm_up, n_images: int, warmup: int, repeats: int, clock, 
     return {
         "latency_ms_per_image": latency,
         "latency_ms_per_image_runs": runs,
+        "latency_ms_per_image_min": min(runs),
         "spread_pct": 100 * (max(runs) - min(runs)) / latency,
         "images_per_s": 1000 / latency,
         "peak_memory_mb": memory.read_mb(),
@@ -528,7 +529,7 @@ class BenchConfig:
     device: str = "auto"
     compile: bool = False
     cuda_graphs: bool = False
-    channels_last: bool | None = None  # None: MEASURED_DEFAULTS for the device
+    channels_last: bool | None = None  # None: pipeline.measured_fast_path for the device and dtype
     overlap_io: bool = True
     tiled_decode_above: int | None = None
     attention: str = "sdpa"
@@ -572,20 +573,22 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     import torch
 
     from .outputs import DEFAULT_FORMATS
+    from .pipeline import measured_fast_path
 
     if cfg.resolution < 8 or cfg.batch_size < 1 or cfg.repeats < 1 or cfg.warmup < 0:
         raise GenPerceptError("--resolution >= 8, --batch-size >= 1, --repeats >= 1, --warmup >= 0.")
     pipe = load_pipeline(cfg)
     set_attention(pipe, cfg.attention)
     device = pipe.device
-    defaults = MEASURED_DEFAULTS.get(device.type, MEASURED_DEFAULTS["cpu"])
-    channels_last = defaults["channels_last"] if cfg.channels_last is None else cfg.channels_last
+    measured = measured_fast_path(device, pipe.dtype).get("channels_last", False)
+    channels_last = measured if cfg.channels_last is None else cfg.channels_last
     n_images = cfg.num_images or cfg.batch_size
     side = cfg.input_size or (cfg.resolution * 3) // 2
     clock, memory = StageClock(device), PeakMemory(device)
     formats = DEFAULT_FORMATS[pipe.task]
     common = {
-        "device": str(device), "device_name": device_name(device), "dtype": str(pipe.dtype).removeprefix("torch."),
+        "device": str(device), "device_name": device_name(device),
+        "dtype": str(pipe.dtype).removeprefix("torch."),
         "resolution": cfg.resolution, "input_size": side, "num_images": n_images, "warmup": cfg.warmup,
         "model": pipe.spec.name, "attention": cfg.attention,
     }
@@ -610,8 +613,9 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     top = ordered[0]
     base = next(r for r in ordered if r["protocol"] == "genpercept")["latency_ms_per_image"]
     return {
-        **{k: v for k, v in top.items()},
-        "speedups": {r["label"]: r["latency_ms_per_image"] / base for r in ordered if r["protocol"] != "genpercept"},
+        **top,
+        "speedups": {r["label"]: r["latency_ms_per_image"] / base
+                     for r in ordered if r["protocol"] != "genpercept"},
         "runs": ordered,
         "environment": environment(device),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -619,7 +623,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     }
 
 
-def _run_protocol(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_images, repeats, clock, memory):
+def _run_protocol(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_images, repeats, clock,
+                  memory) -> dict:
     res = cfg.resolution
     if p.name == "reference":
         def run(target=pipe):
@@ -638,10 +643,11 @@ def _run_protocol(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_i
     with marigold_unet(pipe.stages.unet) as unet:
         target = MarigoldBaseline(pipe, unet, p.steps, p.ensemble, cfg.batch_size, clock, cfg.seed)
         # Warm-up: one step, one member batch - every kernel and shape of the full protocol.
-        warm = MarigoldBaseline(pipe, unet, 1, min(p.ensemble, cfg.batch_size), cfg.batch_size, clock, cfg.seed)
+        members = min(p.ensemble, cfg.batch_size)
+        warm = MarigoldBaseline(pipe, unet, 1, members, cfg.batch_size, clock, cfg.seed)
         result = measure(runner(target), runner(warm), n_images, cfg.warmup, repeats, clock, memory)
     return {"batch_size": cfg.batch_size, "steps": p.steps, "ensemble": p.ensemble,
-            "warmup_protocol": f"marigold 1 step x {min(p.ensemble, cfg.batch_size)} members", **result}
+            "warmup_protocol": f"marigold 1 step x {members} members", **result}
 
 
 def _switches(p: Protocol, cfg: BenchConfig, channels_last: bool) -> dict:
@@ -689,8 +695,9 @@ def environment(device) -> dict:
     flags = cpu_flags()
     env = {
         "versions": {
-            "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "numpy": numpy.__version__, "pillow": PIL.__version__, "genpercept": _version(metadata),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "numpy": numpy.__version__, "pillow": PIL.__version__,
+            "genpercept": _version(metadata),
         },
         "cpu": {
             "model": device_name(torch.device("cpu")), "logical_cpus": os.cpu_count(),
@@ -702,8 +709,9 @@ def environment(device) -> dict:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env["cuda"] = {"name": props.name, "memory_gib": props.total_memory / 2**30, "cuda": torch.version.cuda,
-                       "cudnn": torch.backends.cudnn.version(), "capability": f"{props.major}.{props.minor}"}
+        env["cuda"] = {"name": props.name, "memory_gib": props.total_memory / 2**30,
+                       "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+                       "capability": f"{props.major}.{props.minor}"}
     return env
 
 
@@ -716,53 +724,63 @@ def _version(metadata) -> str:
 
 # -- command line ---------------------------------------------------------------------------------
 def print_report(report: dict) -> None:
+    """Two tables on stdout: per-protocol latency, throughput and memory; then the stage medians."""
     from rich.console import Console
     from rich.table import Table
 
     runs = report["runs"]
-    stage_names = list(dict.fromkeys(k for r in runs for k in r["stages_ms"]))
-    table = Table(title=f"{report['device_name']} · {report['dtype']} · {report['resolution']}² · "
-                  f"batch {report['batch_size']} · {report['environment']['versions']['torch']}")
-    for col in ("protocol", "ms / image", "spread", "images/s", "peak MiB", *stage_names, "× one-step"):
-        table.add_column(col, justify="left" if col == "protocol" else "right")
     base = next(r for r in runs if r["protocol"] == "genpercept")["latency_ms_per_image"]
+    title = (f"{report['device_name']} · {report['dtype']} · {report['resolution']}² · "
+             f"batch {report['batch_size']} · torch {report['environment']['versions']['torch']}")
+    summary = Table(title=title)
+    for col in ("protocol", "ms/image", "spread", "images/s", "peak MiB", "× one-step"):
+        summary.add_column(col, justify="left" if col == "protocol" else "right")
     for r in runs:
-        table.add_row(
-            r["label"], f"{r['latency_ms_per_image']:.1f}", f"{r['spread_pct']:.1f}%", f"{r['images_per_s']:.3f}",
-            f"{r['peak_memory_mb']:.0f}", *(f"{r['stages_ms'].get(s, 0.0):.1f}" for s in stage_names),
-            f"{r['latency_ms_per_image'] / base:.2f}",
-        )
-    Console().print(table)
+        summary.add_row(r["label"], f"{r['latency_ms_per_image']:.1f}", f"{r['spread_pct']:.1f}%",
+                        f"{r['images_per_s']:.3f}", f"{r['peak_memory_mb']:.0f}",
+                        f"{r['latency_ms_per_image'] / base:.2f}")
+    stage_names = list(dict.fromkeys(k for r in runs for k in r["stages_ms"]))
+    stages = Table(title="median ms per image and stage")
+    for col in ("protocol", *stage_names):
+        stages.add_column(col, justify="left" if col == "protocol" else "right")
+    for r in runs:
+        stages.add_row(r["label"], *(f"{r['stages_ms'].get(name, 0.0):.1f}" for name in stage_names))
+    console = Console()
+    console.print(summary)
+    console.print(stages)
 
 
 def bench_speed(
-    random_weights: bool = typer.Option(False, "--random-weights", help="SD2.1-size modules with random weights (no download)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Real weights: registry name, hub id or local folder."),
-    protocol: List[str] = typer.Option(
+    random_weights: bool = typer.Option(
+        False, "--random-weights", help="SD2.1-size modules with random weights (no download)."),
+    checkpoint: str | None = typer.Option(
+        None, "--checkpoint", "-c", help="Real weights: registry name, hub id or local folder."),
+    protocol: list[str] = typer.Option(
         ["genpercept"], "--protocol",
-        help="Repeatable: genpercept, reference, marigold (--steps/--ensemble) or marigold:SxE; '@N' sets its repeats "
-        "(e.g. marigold:10x10@1). The one-step run is always included.",
+        help="Repeatable: genpercept, reference, marigold (--steps/--ensemble) or marigold:SxE; '@N' sets "
+        "its repeats (e.g. marigold:10x10@1). The one-step run is always included.",
     ),
     steps: int = typer.Option(10, help="Marigold baseline: denoising steps."),
     ensemble: int = typer.Option(10, help="Marigold baseline: ensemble members."),
-    resolution: int = typer.Option(512, help="Processing resolution (square inputs, so the model sees resolution²)."),
-    input_size: Optional[int] = typer.Option(None, help="Side of the synthetic input JPEGs (default 1.5 × resolution)."),
-    batch_size: int = typer.Option(1, help="Images per batch (Marigold: ensemble members per U-Net call)."),
-    num_images: Optional[int] = typer.Option(None, help="Images per timed repeat (default: the batch size)."),
+    resolution: int = typer.Option(512, help="Processing resolution (square inputs)."),
+    input_size: int | None = typer.Option(None, help="Synthetic input JPEG side (default 1.5 × res)."),
+    batch_size: int = typer.Option(1, help="Images per batch (Marigold: members per U-Net call)."),
+    num_images: int | None = typer.Option(None, help="Images per timed repeat (default: the batch size)."),
     dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the stages (static shapes, batch buckets)."),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="With --compile on CUDA: replay CUDA graphs."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
-                                                 help="NHWC weights (default: what measured fastest on the device)."),
-    overlap_io: bool = typer.Option(True, "--overlap-io/--no-overlap-io", help="Read and write in threads beside compute."),
-    tiled_decode_above: Optional[int] = typer.Option(None, help="Tile the VAE decode above this many image pixels."),
-    attention: str = typer.Option("sdpa", help="sdpa (torch fused attention) or classic (explicit softmax)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the stages (static shapes)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="With --compile on CUDA: CUDA graphs."),
+    channels_last: bool | None = typer.Option(
+        None, "--channels-last/--no-channels-last", help="NHWC weights (default: what measured fastest)."),
+    overlap_io: bool = typer.Option(
+        True, "--overlap-io/--no-overlap-io", help="Read and write images in threads beside compute."),
+    tiled_decode_above: int | None = typer.Option(None, help="Tile the VAE decode above this many pixels."),
+    attention: str = typer.Option("sdpa", help="sdpa (fused attention) or classic (explicit softmax)."),
     warmup: int = typer.Option(1, help="Untimed runs before the repeats."),
     repeats: int = typer.Option(3, help="Timed runs per protocol (median and spread are over these)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report to this JSON file."),
-    model_size: str = typer.Option("sd21", hidden=True, help="Random-weight model size: sd21 or tiny (tests)."),
-    head: str = typer.Option("vae", help="Random weights: vae (VAE-decoder models) or dpt (DPT-head model)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the full report to this JSON file."),
+    model_size: str = typer.Option("sd21", hidden=True, help="Random weights: sd21 or tiny (tests)."),
+    head: str = typer.Option("vae", help="Random weights: vae (VAE-decoder models) or dpt (DPT head)."),
     seed: int = typer.Option(0, hidden=True),
 ):
     """Time the pipeline stage by stage against the reference loop and the Marigold protocol."""

@@ -78,6 +78,7 @@ def predict(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose outputs all exist (resume)."),
     normal_flip: str = typer.Option("", help="Normals only: axes to negate before writing, e.g. 'yz' for the OpenCV frame."),
     workers: int = typer.Option(4, help="Background threads decoding images."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the modules (slow first batch per image size; pays off on long GPU runs)."),
 ):
     """Predict depth, disparity, normals, DIS, matting or segmentation for images."""
     from .checkpoints import default_checkpoint, resolve_checkpoint
@@ -96,7 +97,7 @@ def predict(
     from .pipeline import GenPerceptPipeline
 
     with console.status(f"loading checkpoint {spec.name} ({spec.task})"):
-        pipe = GenPerceptPipeline.from_checkpoint(spec, device=device, dtype=dtype)
+        pipe = GenPerceptPipeline.from_checkpoint(spec, device=device, dtype=dtype, compile=compile)
     bs = batch_size or auto_batch_size(pipe.device, res)
     console.print(
         f"{len(images)} images -> {output}  [dim]task={spec.task} res={res or 'native'} batch={bs} "
