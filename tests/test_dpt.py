@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from genpercept_cli.bench import TINY_UNET as BENCH_TINY_UNET
 from genpercept_cli.dpt import (
     DPTHead,
     minmax_per_image,
@@ -19,19 +20,8 @@ from genpercept_cli.dpt import (
 from genpercept_cli.errors import CheckpointError
 
 # SD2.1 block types, tiny widths; widths differ per level so a swapped feature cannot go unnoticed.
-TINY_UNET = dict(
-    sample_size=8,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(8, 16, 32, 32),
-    layers_per_block=2,
-    attention_head_dim=(2, 2, 4, 4),
-    cross_attention_dim=16,
-    use_linear_projection=True,
-    norm_num_groups=4,
-)
+TINY_UNET = {**BENCH_TINY_UNET, "block_out_channels": (8, 16, 32, 32), "layers_per_block": 2,
+             "cross_attention_dim": 16}
 TINY_CHANNELS = (8, 16, 32, 32)  # up-block outputs, finest first
 TINY_FEATURES = 8
 

@@ -13,31 +13,8 @@ from pathlib import Path
 
 import torch
 
-UNET_CONFIG = dict(
-    sample_size=8,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(8, 8, 16, 16),
-    layers_per_block=1,
-    attention_head_dim=(2, 2, 4, 4),
-    cross_attention_dim=1024,
-    use_linear_projection=True,
-    norm_num_groups=4,
-)
-
-VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(8, 8, 16, 16),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=4,
-    sample_size=32,
-)
+from genpercept_cli.bench import TINY_UNET as UNET_CONFIG  # one definition of "tiny"
+from genpercept_cli.bench import TINY_VAE as VAE_CONFIG
 
 TASK_FOLDERS = {
     "depth": "unet_depth_v2",
