@@ -174,7 +174,8 @@ def test_seg_oracle_from_colours(tmp_path):
     ds = get_dataset("hypersim-seg", tmp_path / "data")
     write_preds(tmp_path / "pred", ds, lambda s: NYU40_PALETTE[np.where(s.gt == 255, 0, s.gt)].astype(np.float32) / 255)
     out = tmp_path / "r.json"
-    result = run_eval("-d", "hypersim-seg", "--data-dir", tmp_path / "data", "--predictions", tmp_path / "pred", "-o", out)
+    data, pred = tmp_path / "data", tmp_path / "pred"
+    result = run_eval("-d", "hypersim-seg", "--data-dir", data, "--predictions", pred, "-o", out)
     assert result.exit_code == 0, result.output
     m = json.loads(out.read_text())["metrics"]
     assert m["miou"] == 100.0 and m["pixel_acc"] == 100.0
@@ -190,7 +191,8 @@ def test_normal_oracle_and_flip(tmp_path):
     ds = get_dataset("nyu-normal", tmp_path / "data", limit=1)
     write_preds(tmp_path / "pred", ds, lambda s: s.gt)
     out = tmp_path / "r.json"
-    args = ["-d", "nyu-normal", "--data-dir", tmp_path / "data", "--predictions", tmp_path / "pred", "--limit", 1, "-o", out]
+    args = ["-d", "nyu-normal", "--data-dir", tmp_path / "data", "--predictions", tmp_path / "pred",
+            "--limit", 1, "-o", out]
     assert run_eval(*args).exit_code == 0
     m = json.loads(out.read_text())["metrics"]
     assert m["mean"] == pytest.approx(0, abs=1e-3) and m["a5"] == 100.0
