@@ -86,6 +86,8 @@ def predict(
     from .predict import auto_batch_size, discover_images, run_predict
 
     images, ignored = discover_images(source)
+    if output.exists() and not output.is_dir():
+        raise GenPerceptError(f"--output {output} is a file; give a folder for the predictions.")
     spec = resolve_checkpoint(checkpoint or default_checkpoint(task or "depth"), task)
     fmt = parse_formats(spec.task, formats)
     if processing_res is not None and processing_res < 0:
@@ -98,6 +100,10 @@ def predict(
 
     with console.status(f"loading checkpoint {spec.name} ({spec.task})"):
         pipe = GenPerceptPipeline.from_checkpoint(spec, device=device, dtype=dtype, compile=compile)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GenPerceptError(f"cannot create the output folder {output} ({exc.strerror}).") from None
     bs = batch_size or auto_batch_size(pipe.device, res)
     console.print(
         f"{len(images)} images -> {output}  [dim]task={spec.task} res={res or 'native'} batch={bs} "

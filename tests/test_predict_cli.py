@@ -127,6 +127,13 @@ def test_usage_errors_exit_2_with_one_line(photos, tmp_path, checkpoint_root, ar
     assert not (tmp_path / "o").exists()
 
 
+def test_output_that_is_a_file_is_refused(photos, tmp_path, checkpoint_root):
+    (tmp_path / "out.txt").write_text("keep me")
+    result = _predict(photos, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out.txt")
+    assert result.exit_code == 2 and "is a file" in result.output
+    assert (tmp_path / "out.txt").read_text() == "keep me"
+
+
 def test_missing_source_is_a_user_error(tmp_path):
     result = _predict(tmp_path / "nope")
     assert result.exit_code == 2 and "does not exist" in result.output
