@@ -164,20 +164,36 @@ def run_predict(
                     _advance(progress, task_id)
             if not loaded:
                 continue
-            try:
-                preds = pipe.predict_batch(torch.cat([t for _, _, t in loaded]))
-            except GenPerceptError as exc:
-                report.failed.extend((item.path, f"{item.path}: {exc}") for item, _, _ in loaded)
-                for _ in loaded:
+            for (item, image, _), pred in zip(loaded, _predict_or_split(pipe, loaded, report)):
+                if pred is None:
                     _advance(progress, task_id)
-                continue
-            for (item, image, _), pred in zip(loaded, preds):
+                    continue
                 arr = pipe.postprocess(pred, image.shape[:2])
                 writes.append((item, writers.submit(write, item, arr, image)))
                 _advance(progress, task_id)
             writes = _collect(writes, report, wait=False)
         _collect(writes, report, wait=True)
     return report
+
+
+def _predict_or_split(pipe, loaded, report: PredictReport) -> list:
+    """Predictions for one batch; on out-of-memory the batch is halved until single images fail.
+
+    Failed images get None and a line in the report."""
+    import torch
+
+    try:
+        return list(pipe.predict_batch(torch.cat([t for _, _, t in loaded])))
+    except torch.OutOfMemoryError:
+        if len(loaded) > 1:
+            half = len(loaded) // 2
+            return _predict_or_split(pipe, loaded[:half], report) + _predict_or_split(pipe, loaded[half:], report)
+        item, _, tensor = loaded[0]
+        size = "x".join(map(str, tensor.shape[-2:]))
+        report.failed.append((item.path, f"{item.path}: out of memory at {size}; lower --processing-res."))
+    except GenPerceptError as exc:
+        report.failed.extend((item.path, f"{item.path}: {exc}") for item, _, _ in loaded)
+    return [None] * len(loaded)
 
 
 def _advance(progress, task_id) -> None:

@@ -151,3 +151,30 @@ def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     assert "predict" in result.output and "checkpoints" in result.output
+
+
+def test_out_of_memory_halves_the_batch_then_reports(tmp_path, checkpoint_root, monkeypatch):
+    import torch
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for k in range(3):
+        Image.fromarray(_rgb(40, 56, k)).save(src / f"same_{k}.png")  # one 22x32 bucket
+    Image.fromarray(_rgb(64, 64, 9)).save(src / "big.png")  # 32x32
+    real = GenPerceptPipeline.predict_batch
+    calls = []
+
+    def limited(self, rgb):  # as if one 22x32 image fit on the device, and no 32x32 one
+        calls.append(tuple(rgb.shape))
+        if rgb.shape[0] > 1 or rgb.shape[-1] * rgb.shape[-2] > 800:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(self, rgb)
+
+    monkeypatch.setattr(GenPerceptPipeline, "predict_batch", limited)
+    out = tmp_path / "out"
+    result = _predict(src, "-c", checkpoint_root / "unet_dis_v2", "-o", out, "--processing-res", "32",
+                      "--batch-size", "4")
+    assert (3, 3, 22, 32) in calls and calls.count((1, 3, 22, 32)) == 3  # 3 -> 1 + 2 -> 1 + 1
+    assert all((out / f"same_{k}_pred.png").is_file() for k in range(3))
+    assert not (out / "big_pred.png").exists()
+    assert result.exit_code == 1 and "big.png: out of memory at 32x32" in result.output
