@@ -144,7 +144,6 @@ def run_predict(
     def write(item: InputImage, pred, image):
         write_prediction(pred, pipe.task, output / item.rel_stem, formats, image=image, normal_flip=normal_flip)
 
-    import torch
 
     with ThreadPoolExecutor(workers) as readers, ThreadPoolExecutor(2) as writers:
         # Keep two batches of decodes in flight ahead of the model.
