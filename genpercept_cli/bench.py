@@ -545,7 +545,8 @@ def load_pipeline(cfg: BenchConfig):
     if cfg.random_weights == (cfg.checkpoint is not None):
         raise GenPerceptError("pass exactly one of --random-weights and --checkpoint NAME.")
     if cfg.checkpoint is not None:
-        return GenPerceptPipeline.from_checkpoint(cfg.checkpoint, device=cfg.device, dtype=cfg.dtype)
+        # fast_path=False: the reference loop runs on the modules as loaded; the switches come later
+        return GenPerceptPipeline.from_checkpoint(cfg.checkpoint, device=cfg.device, dtype=cfg.dtype, fast_path=False)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.model_size not in PRESETS or cfg.head not in ("vae", "dpt"):
