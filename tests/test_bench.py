@@ -211,3 +211,14 @@ def test_batch_buckets_pad_exactly(checkpoint_root):
     one_by_one = torch.cat([pipe.predict_batch(rgb[i : i + 1]) for i in range(3)])
     pipe.batch_buckets = True  # what optimize(compile=True) sets: 3 images run as a batch of 4
     torch.testing.assert_close(pipe.predict_batch(rgb), one_by_one, atol=1e-6, rtol=0)
+
+
+def test_bench_speed_with_a_checkpoint_in_the_released_layout(tmp_path, checkpoint_root):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, [
+        "bench-speed", "-c", str(checkpoint_root / "unet_matting_v2"), "--resolution", "32", "--warmup", "0",
+        "--repeats", "1", "--protocol", "genpercept", "--protocol", "reference", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["model"] == str(checkpoint_root / "unet_matting_v2")
+    assert report["stages_ms"]["unet"] > 0 and report["speedups"]["reference"] > 0
