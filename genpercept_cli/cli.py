@@ -78,6 +78,7 @@ def predict(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose outputs all exist (resume)."),
     normal_flip: str = typer.Option("", help="Normals only: axes to negate before writing, e.g. 'yz' for the OpenCV frame."),
     workers: int = typer.Option(4, help="Background threads decoding images."),
+    tile_above: float = typer.Option(16.0, help="Decode processed images above this many megapixels in overlapping tiles (bounded memory, not bit-exact); 0 = never."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the modules (slow first batch per image size; pays off on long GPU runs)."),
 ):
     """Predict depth, disparity, normals, DIS, matting or segmentation for images."""
@@ -100,6 +101,9 @@ def predict(
 
     with console.status(f"loading checkpoint {spec.name} ({spec.task})"):
         pipe = GenPerceptPipeline.from_checkpoint(spec, device=device, dtype=dtype, compile=compile)
+    if tile_above < 0:
+        raise GenPerceptError("--tile-above must be 0 (never) or a number of megapixels.")
+    pipe.tiled_decode_above = int(tile_above * 1e6) if tile_above else None
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
