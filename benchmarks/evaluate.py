@@ -70,6 +70,7 @@ class EvalResult:
     protocol: dict
     rows: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # samples without a valid GT pixel (not scorable)
     subsets: dict = field(default_factory=dict)
     paper: dict | None = None
     paper_label: str | None = None
@@ -142,7 +143,7 @@ class DISScorer:
 
         subset = sample.extra.get("subset", "all")
         acc = self.accs.setdefault(subset, DISAccumulator(with_hce=self.with_hce))
-        return acc.update(_to_uint8(pred), sample.gt, hce_variant=self.variant)
+        return acc.update(pred, sample.gt, hce_variant=self.variant)  # quantised to uint8 like an 8-bit PNG
 
     def subsets(self) -> dict:
         return {name: acc.compute() for name, acc in self.accs.items()} if len(self.accs) > 1 else {}
@@ -159,7 +160,7 @@ class MattingScorer:
         self.acc = MattingAccumulator()
 
     def update(self, sample: Sample, pred: np.ndarray) -> dict:
-        return self.acc.update(pred.astype(np.float64), sample.gt.astype(np.float64), sample.extra.get("trimap"))
+        return self.acc.update(pred.astype(np.float64), sample.gt, sample.extra.get("trimap"))
 
     def compute(self) -> dict:
         return self.acc.compute()
@@ -184,13 +185,6 @@ class SegScorer:
 
     def compute(self) -> dict:
         return self.acc.compute()
-
-
-def _to_uint8(pred: np.ndarray) -> np.ndarray:
-    """A [0, 1] float map as the 8-bit PNG the DIS protocol reads (round half up, like our writer)."""
-    if pred.dtype == np.uint8:
-        return pred
-    return np.clip(np.round(pred.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 # -- predictions ----------------------------------------------------------------------------------
@@ -284,7 +278,13 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
     scorer = make_scorer(ds, opts, space)
     rows, problems = [], []
     task_id = progress.add_task(f"eval {opts.dataset}", total=len(ds)) if progress else None
+    skipped = []
     for sample in _prefetch(ds):
+        if ds.task in ("depth", "normal") and not sample.valid.any():
+            skipped.append(sample.key)  # nothing to align or score; the protocols skip these too
+            if progress is not None:
+                progress.advance(task_id)
+            continue
         pred, problem = _prediction_for(sample, ds, opts, pipe, res)
         if problem is None:
             row = scorer.update(sample, pred)
@@ -297,12 +297,12 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
         first = problems[0] if problems else "none"
         raise GenPerceptError(f"no sample of {opts.dataset} could be scored ({len(problems)} problems; {first}).")
     metrics = scorer.compute()
-    protocol = _protocol(ds, opts, space, res, spec)
+    protocol = _protocol(ds, opts, space, res, spec, pipe)
     section, key = PAPER_KEYS.get(opts.dataset, (None, None))
     label, paper = paper_row(section, key, spec.name if spec else None, res)
     return EvalResult(
         dataset=opts.dataset, checkpoint=spec.name if spec else None, n_images=len(rows), metrics=metrics,
-        protocol=protocol, rows=rows, problems=problems,
+        protocol=protocol, rows=rows, problems=problems, skipped=skipped,
         subsets=scorer.subsets() if isinstance(scorer, DISScorer) else {}, paper=paper, paper_label=label,
     )
 
@@ -329,7 +329,7 @@ def _prediction_for(sample: Sample, ds: EvalDataset, opts: EvalOptions, pipe, re
     return (None, problem) if problem else (pred, None)
 
 
-def _protocol(ds: EvalDataset, opts: EvalOptions, space: str, res: int, spec) -> dict:
+def _protocol(ds: EvalDataset, opts: EvalOptions, space: str, res: int, spec, pipe) -> dict:
     protocol: dict = {"task": ds.task, "processing_res": res, "source": "predictions" if opts.predictions else "model"}
     if ds.task == "depth":
         protocol.update(alignment="least_squares", space=space, min_depth=ds.min_depth, max_depth=ds.max_depth,
@@ -346,7 +346,9 @@ def _protocol(ds: EvalDataset, opts: EvalOptions, space: str, res: int, spec) ->
     else:
         protocol.update(decode=f"nearest NYU40 colour ({opts.seg_metric})", miou=opts.seg_convention)
     if spec is not None:
-        protocol.update(checkpoint_task=spec.task, dtype=opts.dtype)
+        protocol.update(checkpoint_task=spec.task)
+    if pipe is not None and opts.predictions is None:
+        protocol.update(device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."))
     return protocol
 
 
@@ -367,6 +369,13 @@ def paper_row(section: str | None, key: str | None, checkpoint: str | None, res:
 
 def write_outputs(result: EvalResult, json_path: Path | None, csv_path: Path | None) -> None:
     """results JSON (atomic) and the per-image CSV."""
+    try:
+        _write_outputs(result, json_path, csv_path)
+    except OSError as exc:
+        raise GenPerceptError(f"cannot write the results ({exc.strerror}: {exc.filename}).") from None
+
+
+def _write_outputs(result: EvalResult, json_path: Path | None, csv_path: Path | None) -> None:
     from genpercept_cli.outputs import atomic_write
 
     if json_path is not None:

@@ -68,7 +68,7 @@ SD_VAE = dict(
     latent_channels=4,
     sample_size=768,
 )
-# The same block layout with tiny widths (the values of tests/tiny_models.py), for fast tests.
+# The same block layout with tiny widths, for fast tests (tests/tiny_models.py uses these).
 TINY_UNET = {**SD21_UNET, "sample_size": 8, "block_out_channels": (8, 8, 16, 16), "layers_per_block": 1,
              "attention_head_dim": (2, 2, 4, 4), "norm_num_groups": 4}
 TINY_VAE = {**SD_VAE, "block_out_channels": (8, 8, 16, 16), "layers_per_block": 1, "norm_num_groups": 4,
@@ -576,15 +576,18 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     from .outputs import DEFAULT_FORMATS
     from .pipeline import measured_fast_path
 
-    if cfg.resolution < 8 or cfg.batch_size < 1 or cfg.repeats < 1 or cfg.warmup < 0:
-        raise GenPerceptError("--resolution >= 8, --batch-size >= 1, --repeats >= 1, --warmup >= 0.")
+    if (cfg.resolution < 8 or cfg.batch_size < 1 or cfg.repeats < 1 or cfg.warmup < 0
+            or (cfg.num_images is not None and cfg.num_images < 1)
+            or (cfg.input_size is not None and cfg.input_size < 8)):
+        raise GenPerceptError("--resolution >= 8, --batch-size >= 1, --repeats >= 1, --warmup >= 0, "
+                              "--num-images >= 1, --input-size >= 8.")
     pipe = load_pipeline(cfg)
     set_attention(pipe, cfg.attention)
     device = pipe.device
     measured = measured_fast_path(device, pipe.dtype).get("channels_last", False)
     channels_last = measured if cfg.channels_last is None else cfg.channels_last
     n_images = cfg.num_images or cfg.batch_size
-    side = cfg.input_size or (cfg.resolution * 3) // 2
+    side = cfg.input_size if cfg.input_size is not None else (cfg.resolution * 3) // 2
     clock, memory = StageClock(device), PeakMemory(device)
     formats = DEFAULT_FORMATS[pipe.task]
     common = {
@@ -785,6 +788,8 @@ def bench_speed(
     seed: int = typer.Option(0, hidden=True),
 ):
     """Time the pipeline stage by stage against the reference loop and the Marigold protocol."""
+    if json_path is not None and json_path.is_dir():
+        raise GenPerceptError(f"--json {json_path} is a folder; give a file name such as bench.json.")
     cfg = BenchConfig(
         random_weights=random_weights, checkpoint=checkpoint, model_size=model_size, head=head,
         protocols=parse_protocols(protocol, steps, ensemble), resolution=resolution, input_size=input_size,

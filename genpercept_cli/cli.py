@@ -35,7 +35,7 @@ def user_errors(fn):
             console.print(f"[bold red]error:[/] {exc}", highlight=False)
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]; finished outputs are kept: rerun with --skip-existing.")
+            console.print("[yellow]interrupted[/]; files already written are complete (predict resumes with --skip-existing).")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -83,10 +83,10 @@ def predict(
 ):
     """Predict depth, disparity, normals, DIS, matting or segmentation for images."""
     from .checkpoints import default_checkpoint, resolve_checkpoint
-    from .outputs import parse_formats
+    from .outputs import parse_formats, parse_normal_flip
     from .predict import auto_batch_size, discover_images, run_predict
 
-    images, ignored = discover_images(source)
+    images, ignored = discover_images(source, exclude=output)
     if output.exists() and not output.is_dir():
         raise GenPerceptError(f"--output {output} is a file; give a folder for the predictions.")
     spec = resolve_checkpoint(checkpoint or default_checkpoint(task or "depth"), task)
@@ -95,14 +95,19 @@ def predict(
         raise GenPerceptError("--processing-res must be 0 (native) or a positive number of pixels.")
     if batch_size < 0:
         raise GenPerceptError("--batch-size must be 0 (automatic) or positive.")
+    if workers < 1:
+        raise GenPerceptError("--workers must be at least 1.")
+    if tile_above < 0:
+        raise GenPerceptError("--tile-above must be 0 (never) or a number of megapixels.")
+    if normal_flip and spec.task != "normal":
+        raise GenPerceptError(f"--normal-flip applies to normal models; {spec.name!r} predicts {spec.task}.")
+    normal_flip = parse_normal_flip(normal_flip)
     res = spec.processing_res if processing_res is None else processing_res
 
     from .pipeline import GenPerceptPipeline
 
     with console.status(f"loading checkpoint {spec.name} ({spec.task})"):
         pipe = GenPerceptPipeline.from_checkpoint(spec, device=device, dtype=dtype, compile=compile)
-    if tile_above < 0:
-        raise GenPerceptError("--tile-above must be 0 (never) or a number of megapixels.")
     pipe.tiled_decode_above = int(tile_above * 1e6) if tile_above else None
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -182,6 +187,7 @@ def eval_command(
     from benchmarks.evaluate import EvalOptions, evaluate, write_outputs
 
     from .checkpoints import default_checkpoint
+    from .outputs import parse_normal_flip
 
     if dataset not in DATASETS:
         raise GenPerceptError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}.")
@@ -190,6 +196,16 @@ def eval_command(
     _check_choice("--normal-mode", normal_mode, ("pooled", "per_image"))
     _check_choice("--seg-convention", seg_convention, ("mmseg", "detectron2"))
     _check_choice("--hce-variant", hce_variant, ("line", "segment"))
+    if processing_res is not None and processing_res < 0:
+        raise GenPerceptError("--processing-res must be 0 (native) or a positive number of pixels.")
+    if limit is not None and limit < 1:
+        raise GenPerceptError("--limit must be a positive number of samples.")
+    normal_flip = parse_normal_flip(normal_flip)
+    for path, what in ((output, "--output"), (csv_path, "--csv")):
+        if path is not None and path.is_dir():
+            raise GenPerceptError(f"{what} {path} is a folder; give a file name such as results.json.")
+    if save_predictions is not None and save_predictions.exists() and not save_predictions.is_dir():
+        raise GenPerceptError(f"--save-predictions {save_predictions} is a file; give a folder.")
     if checkpoint is None and predictions is None:
         checkpoint = default_checkpoint(DATASETS[dataset].task)
     opts = EvalOptions(
@@ -202,6 +218,8 @@ def eval_command(
     with make_progress() as progress:
         result = evaluate(opts, progress)
     print_eval_result(result)
+    if result.skipped:
+        console.print(f"{len(result.skipped)} samples have no valid ground-truth pixel and were skipped.")
     if csv_path is None and output is not None:
         csv_path = output.with_name(output.stem + "_per_image.csv")
     write_outputs(result, output, csv_path)

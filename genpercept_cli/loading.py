@@ -38,6 +38,8 @@ def read_config(folder: Path) -> dict:
         raise CheckpointError(f"{path} is missing; the folder must hold config.json and the weights.") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(config).__name__}.")
     # v1 U-Nets say "CustomUNet2DConditionModel": same weights, so the class name is never trusted.
     return {k: v for k, v in config.items() if not k.startswith("_")}
 

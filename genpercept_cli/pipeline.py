@@ -22,6 +22,7 @@ from .checkpoints import CheckpointFiles, CheckpointSpec, fetch_checkpoint, reso
 from .errors import GenPerceptError
 
 LATENT_SCALE = 0.18215
+MIN_SIDE = 8  # the VAE encoder halves three times; thinner inputs break its strided convolutions
 TIMESTEP = 1
 ONE_CHANNEL_TASKS = ("depth", "disparity", "dis", "matting")
 
@@ -31,11 +32,21 @@ class NonFiniteError(GenPerceptError):
 
 
 def processed_size(height: int, width: int, processing_res: int) -> tuple[int, int]:
-    """(h, w) after scaling the long side to `processing_res` (floor); 0 keeps the native size."""
+    """(h, w) after scaling the long side to `processing_res` (floor); 0 keeps the native size.
+
+    Raises GenPerceptError when the short side would be under MIN_SIDE pixels.
+    """
     if processing_res == 0:
-        return height, width
-    scale = min(processing_res / width, processing_res / height)
-    return max(1, int(height * scale)), max(1, int(width * scale))
+        size = height, width
+    else:
+        scale = min(processing_res / width, processing_res / height)
+        size = int(height * scale), int(width * scale)
+    if min(size) < MIN_SIDE:
+        raise GenPerceptError(
+            f"the image is too thin: {height}x{width} becomes {size[0]}x{size[1]} at processing resolution "
+            f"{processing_res or 'native'}, and the model needs at least {MIN_SIDE} pixels a side."
+        )
+    return size
 
 
 def resize_float(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -210,9 +221,10 @@ class GenPerceptPipeline:
     def head(self, y: torch.Tensor) -> torch.Tensor:
         """Decoder output [B, 3, h, w] -> [B, C, h, w] in [0, 1] (C = 1 for 1-channel tasks, else 3)."""
         y = y.float()
+        finite = torch.isfinite(y).all(dim=1, keepdim=True)  # [B,1,h,w]; inf must not hide behind the clip
         if self.task in ONE_CHANNEL_TASKS:
             y = y.mean(dim=1, keepdim=True)
-        return (y.clamp(-1.0, 1.0) + 1.0) / 2.0
+        return torch.where(finite, (y.clamp(-1.0, 1.0) + 1.0) / 2.0, float("nan"))
 
     def dpt_predict(self, latent: torch.Tensor) -> torch.Tensor:
         """DPT-head variant: U-Net up-block features -> DPT head -> per-image min-max, [B, 1, h', w'].
@@ -343,7 +355,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto'/None -> cuda if available, else cpu; refuses a cuda request without a GPU."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GenPerceptError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise GenPerceptError(f"device {device} is not supported; use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GenPerceptError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu.")
     return device

@@ -8,7 +8,6 @@ the device only waits on itself.
 from __future__ import annotations
 
 import glob
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,6 @@ class PredictReport:
     written: int = 0
     skipped_existing: int = 0
     failed: list[tuple[Path, str]] = field(default_factory=list)
-    ignored: int = 0  # files in a folder that are not images by their suffix
 
     @property
     def ok(self) -> bool:
@@ -39,12 +37,14 @@ def _is_glob(source: str) -> bool:
     return any(c in source for c in "*?[")
 
 
-def discover_images(source: str) -> tuple[list[InputImage], int]:
+def discover_images(source: str, exclude: Path | None = None) -> tuple[list[InputImage], int]:
     """Images of a file, a folder (recursive) or a glob, with their output stems; plus the count of
-    non-image files passed over in folders. Raises GenPerceptError when nothing matches."""
+    non-image files passed over in folders. Files under `exclude` (the output folder, when it lies
+    inside the source) are left out. Raises GenPerceptError when nothing matches."""
     if _is_glob(source):
         base = _glob_base(source)
-        paths = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+        paths = sorted(Path(p) for p in glob.glob(source, recursive=True)
+                       if Path(p).is_file() and not _is_under(Path(p), exclude))
         if not paths:
             raise GenPerceptError(f"no file matches {source!r}.")
         ignored = 0
@@ -55,12 +55,17 @@ def discover_images(source: str) -> tuple[list[InputImage], int]:
         if not root.is_dir():
             raise GenPerceptError(f"{source} does not exist.")
         base = root
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                       and not _is_under(p, exclude))
         paths = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         ignored = len(files) - len(paths)
         if not paths:
             raise GenPerceptError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
     return _with_stems(paths, base), ignored
+
+
+def _is_under(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder.resolve())
 
 
 def _glob_base(pattern: str) -> Path:
@@ -129,6 +134,8 @@ def run_predict(
             todo.append((item, processed_size(*read_size(item.path), processing_res)))
         except ImageReadError as exc:
             report.failed.append((item.path, str(exc)))
+        except GenPerceptError as exc:  # too thin for the model
+            report.failed.append((item.path, f"{item.path}: {exc}"))
     task_id = progress.add_task("predict", total=len(todo)) if progress else None
 
     buckets: dict[tuple[int, int], list[InputImage]] = {}
@@ -192,6 +199,9 @@ def _predict_or_split(pipe, loaded, report: PredictReport) -> list:
         report.failed.append((item.path, f"{item.path}: out of memory at {size}; lower --processing-res."))
     except GenPerceptError as exc:
         report.failed.extend((item.path, f"{item.path}: {exc}") for item, _, _ in loaded)
+    except RuntimeError as exc:  # e.g. the CPU allocator out of memory: fail these images, keep going
+        reason = str(exc).splitlines()[0][:200]
+        report.failed.extend((item.path, f"{item.path}: the model failed ({reason}).") for item, _, _ in loaded)
     return [None] * len(loaded)
 
 
@@ -214,7 +224,4 @@ def _collect(writes, report: PredictReport, wait: bool):
             report.failed.append((item.path, f"{item.path}: could not write outputs ({exc})."))
     return still
 
-
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
 

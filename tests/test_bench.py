@@ -222,3 +222,9 @@ def test_bench_speed_with_a_checkpoint_in_the_released_layout(tmp_path, checkpoi
     report = json.loads(out.read_text())
     assert report["model"] == str(checkpoint_root / "unet_matting_v2")
     assert report["stages_ms"]["unet"] > 0 and report["speedups"]["reference"] > 0
+
+
+@pytest.mark.parametrize("args,message", [(["--num-images", "-2"], "--num-images"), (["--json", "."], "is a folder")])
+def test_bench_option_errors(args, message):
+    result = CliRunner().invoke(app, ["bench-speed", "--random-weights", "--model-size", "tiny", *args])
+    assert result.exit_code == 2 and message in result.output

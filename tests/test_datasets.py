@@ -492,8 +492,8 @@ def test_p3m_500_np(tmp_path):
     assert dataset.keys() == ["original_image/p_a.jpg", "original_image/p_b.jpg"]
     sample = dataset[0]
     alpha, trimap = truth["p_a"]
-    assert sample.gt.dtype == np.float32 and sample.valid.all() and sample.image.shape == (9, 11, 3)
-    np.testing.assert_array_equal(sample.gt, alpha.astype(np.float32) / np.float32(255))
+    assert sample.gt.dtype == np.float64 and sample.valid.all() and sample.image.shape == (9, 11, 3)
+    np.testing.assert_array_equal(sample.gt, alpha.astype(np.float64) / 255.0)
     np.testing.assert_array_equal(sample.extra["trimap"], trimap)
 
 

@@ -214,3 +214,32 @@ def test_depth_metrics_formula_on_random_data():
     assert m["absrel"] == pytest.approx(np.mean(np.abs(p - g)[valid] / g[valid]))
     d = np.log(p[valid]) - np.log(g[valid])
     assert m["silog"] == pytest.approx(100 * np.sqrt(np.mean(d**2) - np.mean(d) ** 2))
+
+
+def test_sample_without_valid_gt_is_skipped_not_fatal(tmp_path):
+    files, _ = nyu_files(np.random.default_rng(6))
+    from _archives import png_bytes as png
+    from test_datasets import NYU_FIRST
+
+    files[NYU_FIRST[1]] = png(np.zeros((480, 640), np.uint16))  # no valid depth at all
+    write_tar(tmp_path / "data" / NYU_TAR, files)
+    ds = get_dataset("nyu", tmp_path / "data", limit=2)
+    write_preds(tmp_path / "pred", ds, lambda s: s.gt + 1)
+    out = tmp_path / "r.json"
+    result = run_eval("-d", "nyu", "--data-dir", tmp_path / "data", "--predictions", tmp_path / "pred",
+                      "--limit", 2, "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 1 and report["skipped"] == [NYU_FIRST[0]]
+    assert "no valid ground-truth pixel" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-o", "."], "is a folder"),
+    (["--normal-flip", "q"], "Invalid normal flip"),
+    (["--processing-res", "-5"], "--processing-res"),
+    (["--limit", "0"], "--limit"),
+])
+def test_eval_option_errors_before_any_work(nyu_root, tmp_path, args, message):
+    result = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path, *args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -149,3 +149,25 @@ def test_dpt_head_model_through_the_released_layout(tmp_path):
         d = F.interpolate(d, size=(50, 75), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     np.testing.assert_allclose(ours, d[0, 0].numpy(), atol=1e-6)
     assert ours.min() >= 0 and ours.max() <= 1 and ours.std() > 1e-3
+
+
+def test_decoder_inf_is_not_hidden_by_the_clip(checkpoint_root, pipes):
+    pipe = GenPerceptPipeline.from_checkpoint(str(checkpoint_root / "unet_matting_v2"), device="cpu", dtype="bf16")
+
+    def overflow(module, args, output):  # +inf from a half-precision decoder: the clip would make it 1
+        return output + float("inf") if output.dtype != torch.float32 else output
+
+    handle = pipe.stages.vae.decoder.register_forward_hook(overflow)
+    try:
+        out = pipe(random_image(40, 56, 9), processing_res=48)
+    finally:
+        handle.remove()
+    assert pipe.recoveries == 1 and np.isfinite(out).all() and out.max() < 1.0
+
+
+def test_too_thin_processed_size_is_refused():
+    from genpercept_cli.errors import GenPerceptError
+
+    with pytest.raises(GenPerceptError, match="too thin"):
+        processed_size(1, 300, 32)
+    assert processed_size(12, 300, 0) == (12, 300)

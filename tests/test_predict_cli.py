@@ -199,3 +199,40 @@ def test_tile_above_switches_to_tiled_decode(tmp_path, checkpoint_root, monkeypa
     assert len(calls) == 1
     tiled, whole = np.load(tmp_path / "a" / "wide_pred.npy"), np.load(tmp_path / "b" / "wide_pred.npy")
     assert 0 < np.abs(tiled - whole).max() < 0.1  # per-tile GroupNorm statistics: close, not exact
+
+
+def test_thin_image_is_skipped_and_the_rest_written(tmp_path, checkpoint_root):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(_rgb(1, 300, 0)).save(src / "line.png")  # 1x300 -> 0x32 at res 32
+    Image.fromarray(_rgb(40, 56, 1)).save(src / "ok.png")
+    result = _predict(src, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out", "--processing-res", "32")
+    assert result.exit_code == 1 and "line.png: the image is too thin" in result.output
+    assert (tmp_path / "out" / "ok_pred.npy").is_file() and not (tmp_path / "out" / "line_pred.npy").exists()
+
+
+def test_output_inside_the_source_is_not_read_back(photos, checkpoint_root, monkeypatch):
+    monkeypatch.chdir(photos)
+    args = [".", "-c", checkpoint_root / "unet_dis_v2", "--processing-res", "32"]
+    first = _predict(*args)
+    second = _predict(*args)
+    assert "wrote 7 of 10 images" in first.output and "wrote 7 of 10 images" in second.output
+    assert not (photos / "genpercept_output" / "genpercept_output").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--normal-flip", "x"], "--normal-flip applies to normal models"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--device", "mps"], "not supported"),
+    (["--device", "gpu7"], "unknown device"),
+    (["--tile-above", "-1"], "--tile-above"),
+])
+def test_option_errors_before_any_work(photos, tmp_path, checkpoint_root, args, message):
+    result = _predict(photos, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "o", *args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_normal_flip_for_a_normal_model(photos, tmp_path, checkpoint_root):
+    result = _predict(photos, "-c", checkpoint_root / "unet_normal_v2", "-o", tmp_path / "o", "--normal-flip", "q")
+    assert result.exit_code == 2 and "Invalid normal flip" in result.output

@@ -34,7 +34,7 @@ class Sample:
         `<pred_dir>/<key without suffix>_pred.npy`.
     image: uint8 [H, W, 3] RGB, already protocol-cropped.
     gt: depth float32 [H, W] metres (invalid may be 0); normal float32 [H, W, 3] (x right, y up,
-        z toward camera, 0 where invalid); dis uint8 [H, W] raw 0..255; matting float32 [H, W] alpha
+        z toward camera, 0 where invalid); dis uint8 [H, W] raw 0..255; matting float64 [H, W] alpha
         in [0, 1]; seg uint8 [H, W] NYU40 ids, 255 = ignore.
     valid: bool [H, W]: valid GT range AND protocol mask (all True for dis / matting).
     extra: per-task extras, e.g. {"trimap": uint8 [H, W]} (matting), {"subset": "DIS-TE1"} (DIS).

@@ -64,8 +64,8 @@ class MattingDataset(EvalDataset):
     def _load(self, file: str) -> Sample:
         stem = file.rsplit(".", 1)[0]
         mask = self._read_gray(f"mask/{stem}.png")
-        peak = np.float32(65535.0 if mask.dtype == np.uint16 else 255.0)
-        alpha = mask.astype(np.float32) / peak
+        # float64, like P3M's test.py (alpha 153/255 vs Conn's 0.6 threshold differs in float32)
+        alpha = mask.astype(np.float64) / (65535.0 if mask.dtype == np.uint16 else 255.0)
         trimap = self._read_gray(f"trimap/{stem}.png").astype(np.uint8)
         if trimap.shape != alpha.shape:
             raise DataError(f"The {stem} trimap is {trimap.shape}, its alpha {alpha.shape}.")
