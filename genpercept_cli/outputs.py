@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .checkpoints import TASKS  # re-exported: one list of tasks
 from .colormap import colorize_depth
 from .errors import GenPerceptError
 from .palette import colors_to_labels, labels_to_colors
-
-TASKS = ("depth", "disparity", "normal", "dis", "matting", "seg")
 
 # Per task: format name -> file-name suffix appended to the image stem. Order = documentation order.
 _SUFFIXES: dict[str, dict[str, str]] = {

@@ -21,9 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from genpercept_cli.errors import DataError, GenPerceptError
-from genpercept_cli.images import to_rgb_array
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+from genpercept_cli.images import IMAGE_SUFFIXES, to_rgb_array  # noqa: F401  (re-exported to readers)
 
 
 @dataclass
