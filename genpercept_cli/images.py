@@ -1,12 +1,14 @@
 """Reading user images into uint8 RGB, whatever PIL hands us (SPEC §8).
 
-One reader for the whole tool: `predict`, `eval` and `bench-speed` all decode through `read_rgb`.
+One reader for the whole tool: `predict` and `bench-speed` decode files through `read_rgb`; the
+benchmark readers decode archive members through `open_image` + `to_rgb_array`.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -76,20 +78,29 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
+def open_image(source: str | Path | BinaryIO, name: str | Path | None = None) -> Image.Image:
+    """Open and fully decode an image (a path or a binary file object), as stored: no EXIF rotation.
+
+    Raises ImageReadError naming `name` (default: the path) for non-image, truncated or huge files.
+    """
+    name = name if name is not None else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(source)
+            img.load()
+            return img
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{name}: {_describe(exc)}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{name}: the file is truncated or corrupt ({exc}).") from None
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file to uint8 [H, W, 3] RGB with EXIF orientation applied.
 
     Raises ImageReadError (one sentence) for empty, truncated, zero-size, huge or non-image files.
     """
     read_size(path)  # header checks first: cheap, and refuses huge images before decoding them
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img) or img
-                return to_rgb_array(img)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"{path}: {_describe(exc)}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: the file is truncated or corrupt ({exc}).") from None
+    with open_image(path) as img:
+        return to_rgb_array(ImageOps.exif_transpose(img) or img)

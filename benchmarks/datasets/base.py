@@ -11,17 +11,16 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from genpercept_cli.errors import DataError, GenPerceptError
-from genpercept_cli.images import IMAGE_SUFFIXES, to_rgb_array  # noqa: F401  (re-exported to readers)
+from genpercept_cli.images import IMAGE_SUFFIXES, ImageReadError, open_image, to_rgb_array  # noqa: F401
 
 
 @dataclass
@@ -361,13 +360,9 @@ def open_archive(
 
 def _open_image(data: bytes, name: str) -> Image.Image:
     try:
-        img = Image.open(io.BytesIO(data))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img.load()
-        return img
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{name} is not a readable image ({exc}).") from None
+        return open_image(io.BytesIO(data), name)
+    except ImageReadError as exc:
+        raise DataError(str(exc)) from None
 
 
 def decode_rgb(data: bytes, name: str, match_hw: tuple[int, int] | None = None) -> np.ndarray:
