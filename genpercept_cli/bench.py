@@ -778,7 +778,8 @@ def bench_speed(
         None, "--channels-last/--no-channels-last", help="NHWC weights (default: what measured fastest)."),
     overlap_io: bool = typer.Option(
         True, "--overlap-io/--no-overlap-io", help="Read and write images in threads beside compute."),
-    tiled_decode_above: int | None = typer.Option(None, help="Tile the VAE decode above this many pixels."),
+    tile_above: float = typer.Option(
+        0.0, help="Decode in overlapping tiles above this many megapixels (as `predict --tile-above`); 0 = never."),
     attention: str = typer.Option("sdpa", help="sdpa (fused attention) or classic (explicit softmax)."),
     warmup: int = typer.Option(1, help="Untimed runs before the repeats."),
     repeats: int = typer.Option(3, help="Timed runs per protocol (median and spread are over these)."),
@@ -795,7 +796,8 @@ def bench_speed(
         protocols=parse_protocols(protocol, steps, ensemble), resolution=resolution, input_size=input_size,
         batch_size=batch_size, num_images=num_images, dtype=dtype, device=device, compile=compile,
         cuda_graphs=cuda_graphs, channels_last=channels_last, overlap_io=overlap_io,
-        tiled_decode_above=tiled_decode_above, attention=attention, warmup=warmup, repeats=repeats, seed=seed,
+        tiled_decode_above=int(tile_above * 1e6) if tile_above > 0 else None,
+        attention=attention, warmup=warmup, repeats=repeats, seed=seed,
     )
     report = run_benchmark(cfg)
     report["command"] = {k: v for k, v in asdict(cfg).items() if k != "protocols"} | {
