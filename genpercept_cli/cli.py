@@ -148,7 +148,7 @@ def checkpoints():
 
     table = Table(title="GenPercept checkpoints")
     for col in ("name", "task", "hub location", "res", "cached"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for name, spec in load_registry().items():
         where = f"{spec.repo}/{spec.subfolder}" + (f" + {spec.dpt_head}" if spec.dpt_head else "")
         table.add_row(name, spec.task, where, str(spec.processing_res), cached_status(spec))
