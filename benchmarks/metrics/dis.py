@@ -280,8 +280,9 @@ class DISAccumulator:
         skeleton: optional cached GT skeleton, bool or uint8 [H, W]; computed when None.
         name: optional image identifier stored in the row.
         """
-        pred_u8 = resize_to_gt(to_uint8_prediction(pred), binarize_gt(gt).shape)
-        pred_norm, gt_bool = prepare_dis(pred_u8, gt)
+        gt_bool = binarize_gt(gt)
+        pred_u8 = resize_to_gt(to_uint8_prediction(pred), gt_bool.shape)  # HCE reads these raw levels
+        pred_norm, _ = prepare_dis(pred_u8, gt_bool)  # already uint8 at GT size: no second pass
         f_curve = fmeasure_curve(pred_norm, gt_bool)
         e_curve = emeasure_curve(pred_norm, gt_bool)
         self._f_curves.append(f_curve)
