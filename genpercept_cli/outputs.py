@@ -131,6 +131,34 @@ def atomic_write(path: Path, write_fn: Callable[[Path], None]) -> None:
         raise
 
 
+def check_writable(path: Path, option: str, folder: bool = False) -> Path:
+    """Refuse, before any long work starts, a target that cannot be written; returns `path`.
+
+    `path` is a file to be written (`folder=False`: e.g. a results JSON) or a folder to write into.
+    Missing folders are created, then a probe file is created and removed in the folder that will
+    receive the output, so read-only mounts, a file in the way and permissions (even for root on a
+    read-only filesystem) are all caught. Raises GenPerceptError with one sentence naming `option`.
+    """
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise GenPerceptError(f"{option} {path} is a file; give a folder.")
+    if not folder and path.is_dir():
+        raise GenPerceptError(f"{option} {path} is a folder; give a file name.")
+    target = path if folder else path.parent
+    blocker = next((p for p in (target, *target.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise GenPerceptError(f"{option} {path} cannot be written: {blocker} is a file, not a folder.")
+    probe = target / f".genpercept-write-probe-{os.getpid()}"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise GenPerceptError(f"{option} {path} cannot be written ({reason}: {exc.filename or target}).") from None
+    return path
+
+
 def _npy_writer(array: np.ndarray) -> Callable[[Path], None]:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:  # a handle, so np.save does not append ".npy" to the temp name
