@@ -537,20 +537,36 @@ class BenchConfig:
     repeats: int = 3
     seed: int = 0
 
+    def validate(self) -> BenchConfig:
+        """Raise GenPerceptError naming the one option that is out of range (before any work)."""
+        if self.random_weights == (self.checkpoint is not None):
+            raise GenPerceptError("pass exactly one of --random-weights and --checkpoint NAME.")
+        minimums = {"--resolution": (self.resolution, 8), "--input-size": (self.input_size, 8),
+                    "--batch-size": (self.batch_size, 1), "--num-images": (self.num_images, 1),
+                    "--repeats": (self.repeats, 1), "--warmup": (self.warmup, 0),
+                    "--tile-above": (self.tiled_decode_above, 0)}
+        for option, (value, lowest) in minimums.items():
+            if value is not None and value < lowest:
+                raise GenPerceptError(f"{option} must be at least {lowest}, not {value}.")
+        choices = {"--model-size": (self.model_size, tuple(PRESETS)), "--head": (self.head, ("vae", "dpt")),
+                   "--attention": (self.attention, ("sdpa", "classic"))}
+        for option, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise GenPerceptError(f"{option} must be one of {', '.join(allowed)}, not {value!r}.")
+        if self.cuda_graphs and not self.compile:
+            raise GenPerceptError("--cuda-graphs needs --compile.")
+        return self
+
 
 def load_pipeline(cfg: BenchConfig):
     from .checkpoints import CheckpointSpec
     from .pipeline import GenPerceptPipeline, resolve_device, resolve_dtype
 
-    if cfg.random_weights == (cfg.checkpoint is not None):
-        raise GenPerceptError("pass exactly one of --random-weights and --checkpoint NAME.")
     if cfg.checkpoint is not None:
         # fast_path=False: the reference loop runs on the modules as loaded; the switches come later
         return GenPerceptPipeline.from_checkpoint(cfg.checkpoint, device=cfg.device, dtype=cfg.dtype, fast_path=False)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    if cfg.model_size not in PRESETS or cfg.head not in ("vae", "dpt"):
-        raise GenPerceptError("--model-size is sd21 or tiny, --head is vae or dpt.")
     stages = build_random_stages(cfg.model_size, cfg.head, device, dtype, cfg.seed)
     task = "disparity" if cfg.head == "dpt" else "depth"
     spec = CheckpointSpec(name=f"random-{cfg.model_size}-{cfg.head}", task=task, output="random weights")
@@ -562,8 +578,6 @@ def set_attention(pipe, attention: str) -> None:
     softmax(QK^T)V."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    if attention not in ("sdpa", "classic"):
-        raise GenPerceptError("--attention is sdpa or classic.")
     processor = AttnProcessor2_0() if attention == "sdpa" else AttnProcessor()
     pipe.stages.unet.set_attn_processor(processor)
     pipe.stages.vae.set_attn_processor(processor)
@@ -576,12 +590,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     from .outputs import DEFAULT_FORMATS
     from .pipeline import measured_fast_path
 
-    if (cfg.resolution < 8 or cfg.batch_size < 1 or cfg.repeats < 1 or cfg.warmup < 0
-            or (cfg.num_images is not None and cfg.num_images < 1)
-            or (cfg.input_size is not None and cfg.input_size < 8)):
-        raise GenPerceptError("--resolution >= 8, --batch-size >= 1, --repeats >= 1, --warmup >= 0, "
-                              "--num-images >= 1, --input-size >= 8.")
-    pipe = load_pipeline(cfg)
+    pipe = load_pipeline(cfg.validate())
     set_attention(pipe, cfg.attention)
     device = pipe.device
     measured = measured_fast_path(device, pipe.dtype).get("channels_last", False)
@@ -789,8 +798,12 @@ def bench_speed(
     seed: int = typer.Option(0, hidden=True),
 ):
     """Time the pipeline stage by stage against the reference loop and the Marigold protocol."""
-    if json_path is not None and json_path.is_dir():
-        raise GenPerceptError(f"--json {json_path} is a folder; give a file name such as bench.json.")
+    from .outputs import atomic_write, check_writable
+
+    if tile_above < 0:
+        raise GenPerceptError("--tile-above must be 0 (never) or a number of megapixels.")
+    if json_path is not None:
+        check_writable(json_path, "--json")
     cfg = BenchConfig(
         random_weights=random_weights, checkpoint=checkpoint, model_size=model_size, head=head,
         protocols=parse_protocols(protocol, steps, ensemble), resolution=resolution, input_size=input_size,
@@ -798,12 +811,10 @@ def bench_speed(
         cuda_graphs=cuda_graphs, channels_last=channels_last, overlap_io=overlap_io,
         tiled_decode_above=int(tile_above * 1e6) if tile_above > 0 else None,
         attention=attention, warmup=warmup, repeats=repeats, seed=seed,
-    )
+    ).validate()
     report = run_benchmark(cfg)
     report["command"] = {k: v for k, v in asdict(cfg).items() if k != "protocols"} | {
         "protocols": [p.label + (f"@{p.repeats}" if p.repeats else "") for p in cfg.protocols]}
     print_report(report)
     if json_path is not None:
-        from .outputs import atomic_write
-
         atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))

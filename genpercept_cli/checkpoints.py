@@ -7,6 +7,7 @@ A checkpoint is a U-Net folder (`config.json` + `diffusion_pytorch_model.safeten
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -14,11 +15,12 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OfflineError
 
 TASKS = ("depth", "disparity", "normal", "dis", "matting", "seg")
 MODEL_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 DPT_FILES = ("model.safetensors",)
+_HUB_NAME = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?")  # one hub name part; no leading/trailing . or -
 _UNET_NAME = re.compile(
     r"unet_(?P<task>depth|disparity_dpt_head|disparity|normal|dis|matting|seg)(?:_(?P<version>v\d+))?"
 )
@@ -114,6 +116,7 @@ def _find_dpt_dir(*parents: Path) -> Path | None:
 
 def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
     """A local folder: a per-task repo (`unet_*` + `vae/`) or a `unet_*` folder whose parent has `vae/`."""
+    _refuse_part_folder(folder)
     if (folder / "config.json").is_file() and (folder.parent / "vae").is_dir():
         unet_dir, vae_dir = folder, folder.parent / "vae"
     elif (folder / "vae").is_dir():
@@ -141,6 +144,29 @@ def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
         name=str(folder), task=task, output=_DEFAULT_OUTPUT[task], embedding=version or "v2",
         unet_dir=unet_dir, vae_dir=vae_dir, dpt_dir=dpt_dir,
     )
+
+
+def _refuse_part_folder(folder: Path) -> None:
+    """A VAE or DPT-head folder passed where the checkpoint belongs gets its own sentence."""
+    config = folder / "config.json"
+    is_vae = False
+    if config.is_file():
+        try:
+            fields = json.loads(config.read_text())
+        except (OSError, ValueError):
+            fields = {}
+        is_vae = isinstance(fields, dict) and (
+            fields.get("_class_name") == "AutoencoderKL"
+            or ("latent_channels" in fields and "cross_attention_dim" not in fields)
+        )
+    if is_vae:
+        raise CheckpointError(
+            f"{folder} is a VAE folder; pass the unet_* folder beside it, or the folder that holds both."
+        )
+    if folder.name.startswith("dpt_head") and not config.exists():
+        raise CheckpointError(
+            f"{folder} is a DPT head folder; pass the unet_disparity_dpt_head_* folder beside it."
+        )
 
 
 def _check_task(requested: str | None, found: str | None, where: str) -> str:
@@ -186,7 +212,8 @@ def _split_hub_ref(ref: str) -> tuple[str, str]:
 def resolve_checkpoint(ref: str, task: str | None = None) -> CheckpointSpec:
     """A registry name, a local folder, or a hub reference -> CheckpointSpec (no download).
 
-    A local path wins over a hub id of the same spelling; a wrong `task` is refused.
+    A local path wins over a hub id of the same spelling; anything spelled as a path that does not
+    exist is refused as a missing folder (never sent to the hub); a wrong `task` is refused.
     """
     registry = load_registry()
     if ref in registry:
@@ -198,10 +225,43 @@ def resolve_checkpoint(ref: str, task: str | None = None) -> CheckpointSpec:
         if not path.is_dir():
             raise CheckpointError(f"{ref} is a file; --checkpoint takes a folder, a registry name or a hub id.")
         return _local_spec(path.resolve(), task)
-    if re.fullmatch(r"[\w.-]+/[\w.-]+([/:][\w./-]+)?", ref):
+    if _looks_like_path(ref):
+        raise CheckpointError(f"folder {ref} does not exist{_first_missing(path)}.")
+    if _is_hub_ref(ref):
         return _hub_spec(ref, task, registry)
     names = ", ".join(registry)
     raise CheckpointError(f"no checkpoint {ref!r}: not a registry name ({names}), a folder or a hub id.")
+
+
+def _is_hub_ref(ref: str) -> bool:
+    """`owner/repo`, `owner/repo/sub/folder` or `owner/repo:sub/folder` with names the hub accepts."""
+    repo, subfolder = _split_hub_ref(ref)
+    owner_name = repo.split("/")
+    name_ok = all(
+        _HUB_NAME.fullmatch(part) and "--" not in part and ".." not in part for part in owner_name
+    )
+    folders_ok = all(_HUB_NAME.fullmatch(part) for part in subfolder.split("/")) if subfolder else True
+    return len(owner_name) == 2 and bool(name_ok) and folders_ok and len(repo) <= 96
+
+
+def _looks_like_path(ref: str) -> bool:
+    """Spelled as a local path: ./ ../ ~ / or a backslash, a first component that is an existing folder
+    here, or a separator in something that is not a valid hub id."""
+    if ref.startswith((".", "~", "/")) or "\\" in ref:
+        return True
+    if "/" not in ref:
+        return False
+    return Path(ref.split("/", 1)[0]).expanduser().is_dir() or not _is_hub_ref(ref)
+
+
+def _first_missing(path: Path) -> str:
+    """' (X is missing)' for the first missing folder above `path`, when that is not `path` itself."""
+    missing = path
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing = parent
+    return f" ({missing} is missing)" if missing != path else ""
 
 
 def default_checkpoint(task: str) -> str:
@@ -224,12 +284,19 @@ def required_files(spec: CheckpointSpec) -> list[tuple[str, str]]:
 
 def _offline_message(spec: CheckpointSpec, missing: list[tuple[str, str]], reason: str) -> str:
     listed = ", ".join(f"{repo}/{path}" for repo, path in missing)
-    layout = f"FOLDER/{spec.subfolder}/ and FOLDER/{spec.vae_location()[1]}/"
+    folders = [f"FOLDER/{spec.subfolder}/", f"FOLDER/{spec.vae_location()[1]}/"]
+    if spec.dpt_head:
+        folders.append(f"FOLDER/{spec.dpt_head}/")
+    layout = ", ".join(folders[:-1]) + f" and {folders[-1]}"
+    retry = "unset HF_HUB_OFFLINE to download them" if _offline_mode() else "connect to huggingface.co and retry"
     return (
         f"cannot fetch checkpoint {spec.name!r} ({reason}): download {listed} "
-        f"into {layout} (the hub layout) and pass --checkpoint FOLDER/{spec.subfolder}, "
-        "or connect to huggingface.co and retry."
+        f"into {layout} (the hub layout) and pass --checkpoint FOLDER/{spec.subfolder}, or {retry}."
     )
+
+
+def _offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def cached_status(spec: CheckpointSpec, cache_dir: str | Path | None = None) -> str:
@@ -278,16 +345,16 @@ def fetch_checkpoint(
         return CheckpointFiles(spec, spec.unet_dir, spec.vae_dir, spec.dpt_dir)
 
     if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        local_files_only = _offline_mode()
     files = required_files(spec)
     # Cache first: released weights do not change, and a cached checkpoint must work offline.
     paths = _download(spec, files, cache_dir, local_only=True)
     if paths is None:
         if local_files_only:
             missing = _missing(spec, files, cache_dir)
-            raise CheckpointError(_offline_message(spec, missing, "offline mode: HF_HUB_OFFLINE is set"))
+            raise OfflineError(_offline_message(spec, missing, "offline mode: HF_HUB_OFFLINE is set"))
         if not _hub_reachable():
-            raise CheckpointError(_offline_message(spec, _missing(spec, files, cache_dir), "offline or unreachable"))
+            raise OfflineError(_offline_message(spec, _missing(spec, files, cache_dir), "offline or unreachable"))
         paths = _download(spec, files, cache_dir, local_only=False)
     vae_dir = paths[f"{spec.vae_location()[1]}/{MODEL_FILES[1]}"]
     dpt_dir = paths.get(f"{spec.dpt_head}/{DPT_FILES[0]}") if spec.dpt_head else None
@@ -304,11 +371,19 @@ def _download(spec, files, cache_dir, local_only: bool) -> dict[str, Path] | Non
             local = hf_hub_download(
                 repo, repo_path, revision=spec.revision, cache_dir=cache_dir, local_files_only=local_only
             )
-        except Exception as exc:  # offline, DNS, 404, gated: all end in the same advice
+        except Exception as exc:  # offline, DNS, 404, gated, invalid id: each ends in one sentence
             if local_only:
                 return None
-            reason = "offline or unreachable" if _looks_offline(exc) else type(exc).__name__
-            raise CheckpointError(_offline_message(spec, files[i:], reason)) from None
+            kind = type(exc).__name__
+            if kind in ("RepositoryNotFoundError", "GatedRepoError", "EntryNotFoundError", "RevisionNotFoundError",
+                        "RemoteEntryNotFoundError", "HFValidationError"):
+                raise CheckpointError(
+                    f"the hub has no {repo}/{repo_path} for checkpoint {spec.name!r} ({kind}); check the name, "
+                    "or log in with `hf auth login` if the repository is private or gated."
+                ) from None
+            if _looks_offline(exc):
+                raise OfflineError(_offline_message(spec, files[i:], "offline or unreachable")) from None
+            raise CheckpointError(_offline_message(spec, files[i:], kind)) from None
         _verify_sha256(spec, repo_path, Path(local))
         paths[repo_path] = Path(local).parent
     return paths
