@@ -3,8 +3,9 @@
     dataset sample -> prediction (model or `<pred_dir>/<key stem>_pred.npy`) -> task scorer
     -> dataset metrics + per-image rows + the paper's row beside them
 
-Every sample whose prediction is missing, mis-shaped or non-finite is reported as a problem; the
-caller decides whether that fails the run (`--allow-missing`).
+Every sample that cannot be scored (its prediction missing, unreadable, mis-shaped or non-finite, or
+its ground truth without a valid pixel) is reported as a problem; the caller decides whether that
+fails the run (`--allow-missing`).
 """
 
 from __future__ import annotations
@@ -69,8 +70,7 @@ class EvalResult:
     metrics: dict
     protocol: dict
     rows: list[dict] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # samples without a valid GT pixel (not scorable)
+    problems: list[str] = field(default_factory=list)  # one sentence per sample that was not scored
     subsets: dict = field(default_factory=dict)
     paper: dict | None = None
     paper_label: str | None = None
@@ -193,13 +193,34 @@ def prediction_stem(key: str) -> str:
     return str(Path(key).with_suffix(""))
 
 
+class NotNumericPrediction(ValueError):
+    """A `_pred.npy` that holds something other than an array of numbers (objects, a pickle)."""
+
+
+def _load_numeric_npy(path: Path) -> np.ndarray:
+    """A .npy of bool, integers or floats; anything else raises NotNumericPrediction, unpickled."""
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        try:
+            version = fmt.read_magic(fh)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            dtype = read_header(fh)[2]
+        except ValueError:  # no .npy header: e.g. a plain pickle
+            dtype = None
+    if dtype is None or dtype.kind not in "biuf":  # bool, signed and unsigned integers, floats
+        held = "no .npy header" if dtype is None else f"dtype {dtype}"
+        raise NotNumericPrediction(f"is not a NumPy array of numbers ({path.name} has {held})")
+    return np.load(path, allow_pickle=False)
+
+
 def load_prediction(pred_dir: Path, key: str, task: str) -> np.ndarray:
     """A prediction written by `genpercept predict` (npy first; 8-bit PNGs for dis/matting, label PNG for
-    seg). Raises FileNotFoundError when none exists."""
+    seg). Raises FileNotFoundError when none exists, NotNumericPrediction for a .npy of anything but
+    bool, integers or floats."""
     stem = pred_dir / prediction_stem(key)
     npy = Path(f"{stem}_pred.npy")
     if npy.is_file():
-        return np.load(npy)
+        return _load_numeric_npy(npy)
     if task in ("dis", "matting") and Path(f"{stem}_pred.png").is_file():
         from PIL import Image
 
@@ -278,19 +299,10 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
     scorer = make_scorer(ds, opts, space)
     rows, problems = [], []
     task_id = progress.add_task(f"eval {opts.dataset}", total=len(ds)) if progress else None
-    skipped = []
     for sample in _prefetch(ds):
-        if ds.task in ("depth", "normal") and not sample.valid.any():
-            skipped.append(sample.key)  # nothing to align or score; the protocols skip these too
-            if progress is not None:
-                progress.advance(task_id)
-            continue
-        pred, problem = _prediction_for(sample, ds, opts, pipe, res)
-        if problem is None:
-            row = scorer.update(sample, pred)
-            rows.append({"key": sample.key, **{k: v for k, v in row.items() if k != "name"}})
-        else:
-            problems.append(f"{sample.key}: prediction {problem}")
+        problem = _score_sample(sample, ds, opts, pipe, res, scorer, rows)
+        if problem is not None:
+            problems.append(f"{sample.key}: {problem}")
         if progress is not None:
             progress.advance(task_id)
     if not rows:
@@ -302,9 +314,24 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
     label, paper = paper_row(section, key, spec.name if spec else None, res)
     return EvalResult(
         dataset=opts.dataset, checkpoint=spec.name if spec else None, n_images=len(rows), metrics=metrics,
-        protocol=protocol, rows=rows, problems=problems, skipped=skipped,
+        protocol=protocol, rows=rows, problems=problems,
         subsets=scorer.subsets() if isinstance(scorer, DISScorer) else {}, paper=paper, paper_label=label,
     )
+
+
+def _score_sample(sample: Sample, ds: EvalDataset, opts: EvalOptions, pipe, res: int, scorer, rows: list) -> str | None:
+    """Score one sample into `scorer` and `rows`; returns why it could not be scored, or None."""
+    if ds.task in ("depth", "normal") and not sample.valid.any():
+        return "the ground truth has no valid pixel, so there is nothing to score"  # the model is not run
+    pred, problem = _prediction_for(sample, ds, opts, pipe, res)
+    if problem is not None:
+        return f"prediction {problem}"
+    try:
+        row = scorer.update(sample, pred)
+    except ValueError as exc:  # e.g. no positive prediction to fit in disparity space
+        return f"prediction cannot be scored ({exc})"
+    rows.append({"key": sample.key, **{k: v for k, v in row.items() if k != "name"}})
+    return None
 
 
 def _prediction_for(sample: Sample, ds: EvalDataset, opts: EvalOptions, pipe, res: int):
@@ -312,6 +339,8 @@ def _prediction_for(sample: Sample, ds: EvalDataset, opts: EvalOptions, pipe, re
     if opts.predictions is not None:
         try:
             pred = load_prediction(Path(opts.predictions), sample.key, ds.task)
+        except NotNumericPrediction as exc:
+            return None, str(exc)
         except FileNotFoundError as exc:
             return None, f"is missing ({exc})"
         except (OSError, ValueError) as exc:

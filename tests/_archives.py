@@ -32,6 +32,17 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def exr_bytes(rgb: np.ndarray) -> bytes:
+    """float32 / float16 [H, W, 3] -> a scanline OpenEXR file with channels R, G, B (ZIP compressed)."""
+    import OpenEXR
+
+    channels = {name: np.ascontiguousarray(rgb[..., i]) for i, name in enumerate("RGB")}
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    buffer = io.BytesIO()
+    OpenEXR.File(header, channels).write(buffer)
+    return buffer.getvalue()
+
+
 def write_tar(path: Path, files: dict[str, bytes], prefix: str = "./") -> Path:
     """A plain tar whose member names are `prefix + name` (Marigold's archives use "./")."""
     path.parent.mkdir(parents=True, exist_ok=True)

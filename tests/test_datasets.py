@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
 import pytest
-from _archives import jpg_bytes, npy_bytes, png_bytes, write_tar, write_tree, write_zip
+from _archives import exr_bytes, jpg_bytes, npy_bytes, png_bytes, write_tar, write_tree, write_zip
 from PIL import Image
 
 from benchmarks.datasets import DATASET_NAMES, DATASETS, get_dataset
 from benchmarks.datasets.base import decode_rgb, read_split
 from benchmarks.datasets.depth import ETH3DDepth, KITTIDepth
+from benchmarks.datasets.normal import decode_normal_map
 from benchmarks.datasets.seg import HypersimSeg
 from genpercept_cli.errors import DataError, GenPerceptError
 from genpercept_cli.palette import NYU40_PALETTE
@@ -306,6 +306,60 @@ def test_diode_npy_depth_and_mask(tmp_path):
         assert dataset.pred_clip == (0.6, 350.0)
 
 
+def diode_outdoor_files(rng: np.random.Generator, count: int = 2) -> tuple[dict[str, bytes], dict]:
+    """The first `count` outdoor DIODE samples as the public archive names them (`outdoor/...`, while
+    our split list says `outdoors/...`); truth is keyed by the split list's RGB path."""
+    rows = [r for r in read_split("depth/diode_val_all.txt") if r[0].startswith("outdoors/")][:count]
+    files, truth = {}, {}
+    for rgb_rel, depth_rel, mask_rel in rows:
+        depth = rng.uniform(1.0, 300.0, (12, 16, 1)).astype(np.float32)
+        mask = rng.random((12, 16)) > 0.3
+        rgb = rng_image(rng, 12, 16)
+        archive_name = {rel: "outdoor/" + rel.removeprefix("outdoors/") for rel in (rgb_rel, depth_rel, mask_rel)}
+        files |= {
+            archive_name[rgb_rel]: png_bytes(rgb),
+            archive_name[depth_rel]: npy_bytes(depth),
+            archive_name[mask_rel]: npy_bytes(mask),
+        }
+        truth[rgb_rel] = (rgb, depth[..., 0], mask)
+    return files, truth
+
+
+@pytest.mark.parametrize("layout", ["tar", "folder", "extracted_in_place"])
+def test_diode_accepts_the_archive_spelling_outdoor(tmp_path, layout):
+    files, truth = diode_outdoor_files(np.random.default_rng(17))
+    if layout == "tar":
+        write_tar(tmp_path / "diode/diode_val.tar", files)
+    else:
+        write_tree(tmp_path / ("diode/diode_val" if layout == "folder" else "diode"), files)
+    dataset = get_dataset("diode-outdoor", tmp_path, limit=2)
+    assert dataset.keys() == list(truth)  # keys as our split list spells them: outdoors/...
+    for sample in dataset:
+        rgb, depth, mask = truth[sample.key]
+        assert sample.key.startswith("outdoors/")
+        np.testing.assert_array_equal(sample.image, rgb)
+        np.testing.assert_array_equal(sample.gt, depth)
+        np.testing.assert_array_equal(sample.valid, mask)
+
+
+def test_diode_split_file_spelled_outdoor_still_selects_outdoor(tmp_path):
+    rows = read_split("depth/diode_val_all.txt")
+    split = tmp_path / "split.txt"
+    split.write_text("\n".join(" ".join(r).replace("outdoors/", "outdoor/") for r in rows[320:330]) + "\n")
+    write_tar(tmp_path / "diode/diode_val.tar", {})
+    outdoor = DATASETS["diode-outdoor"](tmp_path, split_file=split)
+    indoor = DATASETS["diode-indoor"](tmp_path, split_file=split)
+    assert len(outdoor) == 5 and all(k.startswith("outdoor/") for k in outdoor.keys())
+    assert len(indoor) == 5 and all(k.startswith("indoors/") for k in indoor.keys())
+
+
+def test_diode_missing_member_is_named_as_the_split_list_spells_it(tmp_path):
+    files, _ = diode_outdoor_files(np.random.default_rng(18), count=1)
+    write_tar(tmp_path / "diode/diode_val.tar", {k: v for k, v in files.items() if not k.endswith("_mask.npy")})
+    with pytest.raises(DataError, match=r"outdoors/scene_\d+/scan_\d+/\S+_depth_mask\.npy is missing"):
+        get_dataset("diode-outdoor", tmp_path, limit=1)[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # Normals (DSINE)
 
@@ -371,21 +425,81 @@ def test_vkitti_normal_uint16(tmp_path):
     np.testing.assert_allclose(sample.gt[1, 0], [-1.0, 32768 / 65535 * 2 - 1, -1.0], rtol=0, atol=1e-6)
 
 
-def test_sintel_normal_exr(tmp_path):
-    os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
-    cv2 = pytest.importorskip("cv2")
+def exr_normals() -> np.ndarray:
+    """A 4x5 DSINE-frame normal map: z = 1 except one short (invalid) and one tilted normal."""
     normal = np.zeros((4, 5, 3), dtype=np.float32)
     normal[..., 2] = 1.0
     normal[0, 0] = (0.3, 0.0, 0.3)  # norm 0.42 <= 0.5: invalid
     normal[0, 1] = (0.6, 0.0, 0.8)
+    normal[3, 4] = (0.1, -0.2, 0.45)  # norm 0.5024 > 0.5: valid, as stored (not renormalised)
+    return normal
+
+
+def test_sintel_normal_exr(tmp_path):
+    normal = exr_normals()
     line = read_split("normal/sintel.txt")[0][0]
-    folder = tmp_path / "dsine_eval/sintel"
-    write_tree(folder, {line: png_bytes(np.zeros((4, 5, 3), np.uint8))})
-    if not cv2.imwrite(str(folder / "alley_1/frame_0001_normal.exr"), normal[..., ::-1]):
-        pytest.skip("this OpenCV cannot write EXR")
+    write_tree(
+        tmp_path / "dsine_eval/sintel",
+        {line: png_bytes(np.zeros((4, 5, 3), np.uint8)), "alley_1/frame_0001_normal.exr": exr_bytes(normal)},
+    )
     sample = get_dataset("sintel-normal", tmp_path, limit=1)[0]
-    assert not sample.valid[0, 0] and sample.valid.sum() == 19
-    np.testing.assert_allclose(sample.gt[0, 1], [-0.6, 0.0, 0.8], atol=1e-6)
+    expected_valid = np.ones((4, 5), dtype=bool)
+    expected_valid[0, 0] = False
+    np.testing.assert_array_equal(sample.valid, expected_valid)
+    expected = normal * np.array([-1, 1, 1], dtype=np.float32)  # R, G, B = DSINE x, y, z; x negated
+    expected[0, 0] = 0.0
+    np.testing.assert_array_equal(sample.gt, expected)
+    assert sample.gt.dtype == np.float32 and sample.gt[0, 1].tolist() == pytest.approx([-0.6, 0.0, 0.8])
+
+
+def test_ibims_normal_half_float_exr_in_zip_wins_over_png(tmp_path):
+    normal = exr_normals().astype(np.float16)
+    line = read_split("normal/ibims.txt")[0][0]
+    twin = np.full((4, 5, 3), 255, np.uint8)  # a PNG twin that must not be read: EXR comes first
+    write_zip(
+        tmp_path / "dsine_eval.zip",
+        {
+            f"ibims/{line}": png_bytes(np.zeros((4, 5, 3), np.uint8)),
+            "ibims/ibims/corridor_01_normal.exr": exr_bytes(normal),
+            "ibims/ibims/corridor_01_normal.png": png_bytes(twin),
+        },
+    )
+    sample = get_dataset("ibims-normal", tmp_path, limit=1)[0]
+    assert sample.valid.sum() == 19 and not sample.valid[0, 0]
+    expected = normal.astype(np.float32) * np.array([-1, 1, 1], dtype=np.float32)
+    expected[0, 0] = 0.0
+    np.testing.assert_array_equal(sample.gt, expected)
+
+
+def test_decode_normal_map_reads_exr_channels_by_name():
+    rgb = np.stack([np.full((2, 3), v, np.float32) for v in (0.25, -0.5, 0.75)], axis=-1)
+    normals, valid = decode_normal_map(exr_bytes(rgb), "n.exr")
+    assert normals.dtype == np.float32 and normals.shape == (2, 3, 3)
+    np.testing.assert_array_equal(normals[1, 2], [0.25, -0.5, 0.75])
+    assert valid.all()  # norm 0.935
+
+
+@pytest.mark.parametrize("data", [b"", b"not an exr file at all", "truncated"])
+def test_corrupt_exr_is_one_sentence(tmp_path, data):
+    if data == "truncated":
+        data = exr_bytes(exr_normals())[:60]
+    line = read_split("normal/sintel.txt")[0][0]
+    write_tree(
+        tmp_path / "dsine_eval/sintel",
+        {line: png_bytes(np.zeros((4, 5, 3), np.uint8)), "alley_1/frame_0001_normal.exr": data},
+    )
+    with pytest.raises(DataError) as info:
+        get_dataset("sintel-normal", tmp_path, limit=1)[0]
+    message = str(info.value)
+    assert message.endswith("frame_0001_normal.exr is not a readable OpenEXR file.")
+    assert "\n" not in message and "OPENCV" not in message
+
+
+@pytest.mark.parametrize("data", [b"", b"\x89PNG\r\n\x1a\n truncated"])
+def test_corrupt_png_normal_map_is_one_sentence(data):
+    with pytest.raises(DataError) as info:
+        decode_normal_map(data, "scannet/scene0000_00_000000_normal.png")
+    assert str(info.value) == "scannet/scene0000_00_000000_normal.png is not a readable PNG normal map."
 
 
 def test_missing_normal_map_is_named(tmp_path):

@@ -11,9 +11,10 @@ from test_datasets import NYU_TAR, dis_files, matting_files, nyu_files, rng_imag
 from typer.testing import CliRunner
 
 from benchmarks.datasets import get_dataset
-from benchmarks.evaluate import prediction_stem
+from benchmarks.evaluate import EvalOptions, evaluate, prediction_stem
 from benchmarks.metrics.depth import depth_metrics
 from genpercept_cli.cli import app
+from genpercept_cli.errors import GenPerceptError
 from genpercept_cli.palette import NYU40_PALETTE
 
 runner = CliRunner()
@@ -216,7 +217,7 @@ def test_depth_metrics_formula_on_random_data():
     assert m["silog"] == pytest.approx(100 * np.sqrt(np.mean(d**2) - np.mean(d) ** 2))
 
 
-def test_sample_without_valid_gt_is_skipped_not_fatal(tmp_path):
+def test_sample_without_valid_gt_is_a_problem(tmp_path):
     files, _ = nyu_files(np.random.default_rng(6))
     from _archives import png_bytes as png
     from test_datasets import NYU_FIRST
@@ -226,12 +227,169 @@ def test_sample_without_valid_gt_is_skipped_not_fatal(tmp_path):
     ds = get_dataset("nyu", tmp_path / "data", limit=2)
     write_preds(tmp_path / "pred", ds, lambda s: s.gt + 1)
     out = tmp_path / "r.json"
-    result = run_eval("-d", "nyu", "--data-dir", tmp_path / "data", "--predictions", tmp_path / "pred",
-                      "--limit", 2, "-o", out)
+    args = ["-d", "nyu", "--data-dir", tmp_path / "data", "--predictions", tmp_path / "pred", "--limit", 2, "-o", out]
+    result = run_eval(*args)
+    assert result.exit_code == 1, result.output
+    assert "the ground truth has no valid pixel" in result.output and "--allow-missing" in result.output
+    result = run_eval(*args, "--allow-missing")
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["n_images"] == 1 and report["skipped"] == [NYU_FIRST[0]]
-    assert "no valid ground-truth pixel" in result.output
+    assert report["n_images"] == 1 and "skipped" not in report
+    assert report["problems"] == [f"{NYU_FIRST[0]}: the ground truth has no valid pixel, so there is nothing to score"]
+
+
+def test_disparity_prediction_without_a_positive_value_is_a_problem(nyu_root, tmp_path):
+    ds = get_dataset("nyu", nyu_root, limit=2)
+    write_preds(tmp_path / "pred", ds, lambda s: np.where(s.gt > 0, 1.0 / np.maximum(s.gt, 1e-3), 0).astype(np.float32))
+    np.save(tmp_path / "pred" / f"{prediction_stem(ds.keys()[0])}_pred.npy", np.zeros((480, 640), np.float32))
+    out = tmp_path / "r.json"
+    result = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "pred", "--limit", 2,
+                      "--space", "disparity", "--allow-missing", "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 1 and report["metrics"]["absrel"] < 1e-5
+    assert report["problems"] == [f"{ds.keys()[0]}: prediction cannot be scored (cannot align in disparity space: "
+                                  "no valid pixel has a positive prediction and ground truth)"]
+
+
+def test_diode_archive_spelled_outdoor_is_scored(tmp_path):
+    from test_datasets import diode_outdoor_files
+
+    files, truth = diode_outdoor_files(np.random.default_rng(19))
+    write_tar(tmp_path / "data/diode/diode_val.tar", files)
+    ds = get_dataset("diode-outdoor", tmp_path / "data", limit=2)
+    assert ds.keys() == list(truth)
+    write_preds(tmp_path / "pred", ds, lambda s: (0.25 * s.gt + 2.0).astype(np.float32))
+    result = evaluate(EvalOptions(dataset="diode-outdoor", data_dir=tmp_path / "data", limit=2,
+                                  predictions=tmp_path / "pred"))
+    assert result.problems == [] and [row["key"] for row in result.rows] == list(truth)
+    assert result.n_images == 2 and result.metrics["absrel"] < 1e-6 and result.metrics["delta1"] == 1.0
+
+
+@pytest.fixture()
+def no_evaluation(monkeypatch):
+    """Fails the test if `eval` gets as far as reading the dataset or running the model."""
+    import benchmarks.evaluate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("evaluate ran before the write targets were checked")
+
+    monkeypatch.setattr(benchmarks.evaluate, "evaluate", refuse)
+    monkeypatch.setattr(benchmarks.evaluate, "get_dataset", refuse)
+
+
+@pytest.mark.parametrize("option, target", [
+    ("-o", "blocker/results.json"),
+    ("--csv", "blocker/per_image.csv"),
+    ("--save-predictions", "blocker/preds"),
+    ("--save-predictions", "blocker"),
+])
+def test_unwritable_target_is_refused_before_any_work(tmp_path, no_evaluation, option, target):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a regular file")
+    source = [] if option == "--save-predictions" else ["--predictions", tmp_path]  # saving needs the model
+    result = run_eval("-d", "nyu", "--data-dir", tmp_path / "no-data", *source, option, tmp_path / target)
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert message.startswith("error:") and "\n" not in message and "Traceback" not in message
+    assert str(tmp_path / target) in message
+    assert ("is a file; give a folder" if target == "blocker" else f"{blocker} is a file, not a folder") in message
+
+
+def test_default_csv_beside_the_output_is_checked_too(tmp_path, no_evaluation):
+    (tmp_path / "r_per_image.csv").mkdir()
+    result = run_eval("-d", "nyu", "--data-dir", tmp_path, "--predictions", tmp_path, "-o", tmp_path / "r.json")
+    assert result.exit_code == 2 and "the per-image CSV" in result.output and "is a folder" in result.output
+
+
+@pytest.mark.parametrize("dataset, space, warning", [
+    ("nyu", "auto", "--checkpoint disparity is not run with --predictions; it only says that the files hold "
+                    "disparity, so they are aligned in disparity space."),
+    ("nyu", "depth", "--checkpoint disparity is ignored with --predictions (--space depth says what the files hold)."),
+    ("nyu-normal", "auto", "--checkpoint disparity is ignored with --predictions (the files are scored as they are)."),
+])
+def test_checkpoint_with_predictions_warns_it_is_not_run(tmp_path, monkeypatch, dataset, space, warning):
+    import benchmarks.evaluate
+
+    seen = {}
+
+    def record_and_stop(opts, progress):
+        seen["opts"] = opts
+        raise GenPerceptError("stopped before scoring")
+
+    monkeypatch.setattr(benchmarks.evaluate, "evaluate", record_and_stop)
+    result = run_eval("-d", dataset, "--data-dir", tmp_path, "--predictions", tmp_path, "-c", "disparity",
+                      "--space", space)
+    assert result.exit_code == 2 and "stopped before scoring" in result.output
+    assert f"warning: {warning}" in result.output
+    assert seen["opts"].checkpoint is None  # the model is never loaded
+    assert seen["opts"].space == ("disparity" if space == "auto" and dataset == "nyu" else space)
+
+
+def test_warnings_print_names_as_written(tmp_path):
+    result = run_eval("-d", "nyu-normal", "--data-dir", tmp_path, "--predictions", tmp_path, "-c", "my[red]model")
+    assert "warning: --checkpoint my[red]model is ignored with --predictions" in result.output
+
+
+def test_normal_flip_on_a_depth_benchmark_warns_it_is_ignored(nyu_root, tmp_path):
+    ds = get_dataset("nyu", nyu_root, limit=1)
+    write_preds(tmp_path / "pred", ds, lambda s: s.gt)
+    result = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "pred", "--limit", 1,
+                      "--normal-flip", "x")
+    assert result.exit_code == 0, result.output
+    assert "warning: --normal-flip is ignored: nyu is a depth benchmark, not a normal one." in result.output
+
+
+def test_save_predictions_with_predictions_warns_it_is_ignored(nyu_root, tmp_path):
+    ds = get_dataset("nyu", nyu_root, limit=1)
+    write_preds(tmp_path / "pred", ds, lambda s: s.gt)
+    result = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "pred", "--limit", 1,
+                      "--save-predictions", tmp_path / "saved")
+    assert result.exit_code == 0, result.output
+    assert "warning: --save-predictions is ignored with --predictions" in result.output
+    assert not (tmp_path / "saved").exists()
+
+
+def _save_object_array(path):
+    array = np.empty((480, 640), dtype=object)
+    array[:] = 1.0
+    np.save(path, array, allow_pickle=True)
+
+
+def _save_pickled_dict(path):
+    np.save(path, {"depth": np.ones((480, 640), np.float32)}, allow_pickle=True)
+
+
+def _save_plain_pickle(path):
+    import pickle
+
+    path.write_bytes(pickle.dumps({"depth": np.ones((480, 640), np.float32)}))
+
+
+def _save_strings(path):
+    np.save(path, np.full((480, 640), "1.0"))
+
+
+@pytest.mark.parametrize("save, held", [
+    (_save_object_array, "dtype object"),
+    (_save_pickled_dict, "dtype object"),
+    (_save_plain_pickle, "no .npy header"),
+    (_save_strings, "dtype <U3"),
+])
+def test_prediction_that_is_not_numbers_is_a_problem(nyu_root, tmp_path, save, held):
+    ds = get_dataset("nyu", nyu_root, limit=2)
+    write_preds(tmp_path / "pred", ds, lambda s: s.gt.astype(np.float16))  # half floats are numbers
+    first = tmp_path / "pred" / f"{prediction_stem(ds.keys()[0])}_pred.npy"
+    save(first)
+    out = tmp_path / "r.json"
+    result = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "pred", "--limit", 2,
+                      "--allow-missing", "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 1
+    assert report["problems"] == [f"{ds.keys()[0]}: prediction is not a NumPy array of numbers "
+                                  f"(rgb_0001_pred.npy has {held})"]
+    assert "pickle" not in result.output
 
 
 @pytest.mark.parametrize("args,message", [

@@ -228,6 +228,47 @@ def test_align_depth_disparity_clips_negative_disparity_then_max_depth():
     np.testing.assert_allclose(aligned, [[1.0, 2.0, 4.0, 10.0]])
 
 
+def _closed_form_fit(p, g):
+    """Least-squares scale and shift of g ~ s * p + t, from the normal equations written out."""
+    n, sp, sg, spp, spg = p.size, p.sum(), g.sum(), (p * p).sum(), (p * g).sum()
+    scale = (n * spg - sp * sg) / (n * spp - sp**2)
+    return scale, (sg - scale * sp) / n
+
+
+def test_align_depth_disparity_fits_only_where_prediction_is_positive():
+    rng = np.random.default_rng(11)
+    gt = rng.uniform(1.0, 9.0, (6, 8))
+    valid = rng.random(gt.shape) > 0.2
+    pred = 1.0 / gt + rng.normal(0, 0.01, gt.shape)
+    pred[0, :5] = 0.0  # a saturated model writes exact zeros
+    pred[1, 1] = 0.0
+    assert (valid & (pred == 0)).sum() >= 3
+    fit = valid & (pred > 0)  # the reference's mask (gt > 0 everywhere here)
+    scale, shift = _closed_form_fit(pred[fit], 1.0 / gt[fit])
+    expected = np.clip(1.0 / np.maximum(scale * pred + shift, 1e-3), 1e-3, 10.0)
+    aligned = align_depth(pred, gt, valid, "disparity", 1e-3, 10.0)
+    np.testing.assert_allclose(aligned, expected, rtol=1e-10)
+    old_scale, old_shift = _closed_form_fit(pred[valid], 1.0 / gt[valid])  # the zeros pulling the fit
+    old = np.clip(1.0 / np.maximum(old_scale * pred + old_shift, 1e-3), 1e-3, 10.0)
+    assert np.abs(aligned - old)[valid].max() > 0.1
+    # metrics still cover every valid pixel, the zero-prediction ones included
+    assert depth_metrics(aligned, gt, valid)["absrel"] == pytest.approx(
+        np.mean(np.abs(expected - gt)[valid] / gt[valid]), rel=1e-10
+    )
+
+
+def test_align_depth_disparity_ignores_non_positive_gt_in_the_fit():
+    gt = np.array([[1.0, 2.0, 4.0, 0.0]])
+    pred = np.array([[1.0, 0.5, 0.25, 7.0]])  # 1 / gt exactly where gt > 0
+    aligned = align_depth(pred, gt, np.ones_like(gt, dtype=bool), "disparity", None, None)
+    np.testing.assert_allclose(aligned[0, :3], [1.0, 2.0, 4.0], rtol=1e-12)
+
+
+def test_align_depth_disparity_without_a_positive_prediction_raises():
+    with pytest.raises(ValueError, match="no valid pixel has a positive prediction and ground truth"):
+        align_depth(np.zeros((2, 2)), np.ones((2, 2)), _all_valid((2, 2)), "disparity", 0.1, 10.0)
+
+
 def test_align_depth_clip_order_range_then_pred_clip_then_1e6():
     gt = np.array([[0.5, 1.0, 2.0, 400.0]])
     pred = gt.copy()  # identity fit

@@ -328,14 +328,15 @@ class DirArchive(Archive):
 
 
 def open_archive(
-    path: Path, what: str, source: str, probe: str | None = None, expected: Path | None = None
+    path: Path, what: str, source: str, probe: str | tuple[str, ...] | None = None, expected: Path | None = None
 ) -> Archive:
     """The archive at `path` (a .tar/.zip file or a folder), or its extracted/zipped twin.
 
     Tries, in order: `path` itself; for `x.tar` / `x.zip` the folder `x`; for a folder path `x`
-    the files `x.zip` and `x.tar`; with `probe` (a member path), the parent folder of `path` when it
-    directly holds `probe` (an archive extracted in place). Raises DataError naming `expected`
-    (default `path`): what was looked for and where the public data comes from.
+    the files `x.zip` and `x.tar`; with `probe` (a member path, or several spellings of one), the
+    parent folder of `path` when it directly holds `probe` (an archive extracted in place). Raises
+    DataError naming `expected` (default `path`): what was looked for and where the public data comes
+    from.
     """
     candidates = [path]
     if path.suffix in (".tar", ".zip"):
@@ -349,7 +350,8 @@ def open_archive(
             if candidate.suffix == ".zip" or zipfile.is_zipfile(candidate):
                 return ZipArchive(candidate)
             return TarArchive(candidate)
-    if probe is not None and (path.parent / probe).is_file():
+    probes = (probe,) if isinstance(probe, str) else probe or ()
+    if any((path.parent / p).is_file() for p in probes):
         return DirArchive(path.parent)
     raise DataError(f"{what} was not found: expected {expected or path}; get it from {source}.")
 

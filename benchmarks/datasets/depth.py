@@ -51,7 +51,7 @@ class DepthArchiveDataset(EvalDataset):
         rows = [r for r in read_split(self.split, split_file) if self._keep(r)]
         self._entries = rows
         self._keys = [r[0] for r in rows]
-        probe = rows[0][0] if rows else None
+        probe = self._spellings(rows[0][0]) if rows else None
         self._archive: Archive = open_archive(
             self.data_dir / self.archive, f"The {self.name} archive", self.source, probe=probe
         )
@@ -60,14 +60,23 @@ class DepthArchiveDataset(EvalDataset):
     def _keep(self, row: list[str]) -> bool:
         return True
 
+    def _spellings(self, rel: str) -> tuple[str, ...]:
+        """Member paths that may hold the split line's `rel`, the split list's own spelling first."""
+        return (rel,)
+
+    def _read(self, rel: str) -> bytes:
+        """The member named by a split line, under whichever of its spellings the archive has."""
+        found = next((c for c in self._spellings(rel) if self._archive.exists(c)), rel)
+        return self._archive.read(found)  # a missing member is named as the split list spells it
+
     def _name(self, rel: str) -> str:
         return f"{rel} in {self._archive.path}"
 
     def _rgb(self, rel: str, match_hw: tuple[int, int] | None = None) -> np.ndarray:
-        return decode_rgb(self._archive.read(rel), self._name(rel), match_hw)
+        return decode_rgb(self._read(rel), self._name(rel), match_hw)
 
     def _png_depth(self, rel: str, scale: float) -> np.ndarray:
-        raw = decode_png16(self._archive.read(rel), self._name(rel))
+        raw = decode_png16(self._read(rel), self._name(rel))
         return (raw.astype(np.float64) / scale).astype(np.float32)  # divide in float64, like the reference
 
 
@@ -156,7 +165,7 @@ class ETH3DDepth(DepthArchiveDataset):
     depth_shape = (4032, 6048)  # (H, W) of the raw buffer; fixed by the archive format
 
     def _load(self, row: list[str]) -> Sample:
-        data = self._archive.read(row[1])
+        data = self._read(row[1])
         height, width = self.depth_shape
         if len(data) != height * width * 4:
             raise DataError(
@@ -195,7 +204,9 @@ class DIODEDepth(DepthArchiveDataset):
     """DIODE validation, 771 images (325 indoors + 446 outdoors); split lines `png depth.npy mask.npy`.
 
     GT is float32 metres ([H, W, 1] on disk, squeezed); validity is the mask file alone. Aligned
-    predictions are clipped to [0.6, 350] m (Marigold's DIODE range).
+    predictions are clipped to [0.6, 350] m (Marigold's DIODE range). Our split list spells the
+    outdoor folder `outdoors/`, Marigold's list and the public archive `outdoor/`: either spelling is
+    found in the archive or folder, and the sample key stays as the split list spells it.
     """
 
     name = "diode"
@@ -206,13 +217,20 @@ class DIODEDepth(DepthArchiveDataset):
     pred_clip = (0.6, 350.0)
     source = f"Marigold's evaluation data at {MARIGOLD_EVAL_URL}diode/"
     scenes: tuple[str, ...] = ("indoors", "outdoors")
+    folder_spellings = {"outdoors": "outdoor", "outdoor": "outdoors"}
 
     def _keep(self, row: list[str]) -> bool:
-        return row[0].split("/", 1)[0] in self.scenes
+        top = row[0].split("/", 1)[0]
+        return top in self.scenes or self.folder_spellings.get(top) in self.scenes
+
+    def _spellings(self, rel: str) -> tuple[str, ...]:
+        top, slash, rest = rel.partition("/")
+        other = self.folder_spellings.get(top)
+        return (rel, f"{other}/{rest}") if other and slash else (rel,)
 
     def _load(self, row: list[str]) -> Sample:
-        gt = decode_npy(self._archive.read(row[1]), self._name(row[1])).astype(np.float32)
-        mask = _drop_channel(decode_npy(self._archive.read(row[2]), self._name(row[2])))
+        gt = decode_npy(self._read(row[1]), self._name(row[1])).astype(np.float32)
+        mask = _drop_channel(decode_npy(self._read(row[2]), self._name(row[2])))
         gt = _drop_channel(gt)
         if gt.ndim != 2 or mask.shape != gt.shape:
             raise DataError(f"{self._name(row[1])} and its mask have shapes {gt.shape} and {mask.shape}.")

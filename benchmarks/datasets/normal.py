@@ -7,14 +7,15 @@ sample `<stem>_img.<ext>` has beside it `<stem>_normal.png` or `<stem>_normal.ex
 `<stem>_intrins.npy` (3x3, optional here; returned as extra["intrins"]).
 
 Decoding, by the file found: 8-bit PNG n = v/255·2 − 1 and 16-bit PNG n = v/65535·2 − 1, valid where
-the raw channels sum to > 0; EXR float as stored, valid where ‖n‖ > 0.5. Normal maps are read with
-OpenCV (PIL truncates 16-bit colour PNGs to 8 bits). DSINE stores x left, y up, z toward the camera;
-samples are returned in our frame (x right) with invalid pixels set to 0.
+the raw channels sum to > 0; EXR float as stored (channels R, G, B), valid where ‖n‖ > 0.5. EXR is
+read with the `openexr` package; PNG with OpenCV, because PIL truncates 16-bit colour PNGs to 8 bits.
+DSINE stores x left, y up, z toward the camera; samples are returned in our frame (x right) with
+invalid pixels set to 0.
 """
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import numpy as np
@@ -29,41 +30,44 @@ DSINE_SOURCE = (
 )
 
 
-def _cv2():
-    """OpenCV with its EXR codec enabled (the switch is read when cv2 is first imported)."""
-    os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
-    try:
-        import cv2
-    except ImportError:
-        raise DataError(
-            "Reading DSINE normal maps needs OpenCV: pip install opencv-python-headless."
-        ) from None
-    return cv2
-
-
 def decode_normal_map(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """DSINE normal-map bytes (PNG 8/16-bit or EXR) -> (normals float32 [H, W, 3] in DSINE's frame,
     valid bool [H, W]). Channels are returned in (x, y, z) = file (R, G, B) order."""
-    cv2 = _cv2()
-    raw = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if name.lower().endswith(".exr"):
+        normals = _decode_exr_rgb(data, name)
+        return normals, np.linalg.norm(normals, axis=-1) > 0.5
+    import cv2  # PNG only: PIL reads 16-bit colour PNGs as 8-bit
+
+    try:
+        raw = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    except cv2.error:  # some inputs raise instead of returning None
+        raw = None
     if raw is None:
-        hint = (
-            " (OpenCV's EXR reader must be enabled: set OPENCV_IO_ENABLE_OPENEXR=1)"
-            if name.endswith(".exr")
-            else ""
-        )
-        raise DataError(f"{name} could not be decoded{hint}.")
-    if raw.ndim != 3 or raw.shape[2] < 3:
-        raise DataError(f"{name} is not a 3-channel normal map (shape {raw.shape}).")
+        raise DataError(f"{name} is not a readable PNG normal map.")
+    if raw.ndim != 3 or raw.shape[2] < 3 or raw.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"{name} is not an 8- or 16-bit 3-channel normal map (shape {raw.shape}, {raw.dtype}).")
     raw = raw[..., 2::-1]  # OpenCV's BGR(A) -> RGB
-    if raw.dtype == np.uint8 or raw.dtype == np.uint16:
-        peak = np.float32(255.0 if raw.dtype == np.uint8 else 65535.0)
-        normals = raw.astype(np.float32) / peak * np.float32(2.0) - np.float32(1.0)
-        valid = raw.astype(np.int64).sum(axis=-1) > 0
-    else:
-        normals = raw.astype(np.float32)
-        valid = np.linalg.norm(normals, axis=-1) > 0.5
-    return normals, valid
+    peak = np.float32(255.0 if raw.dtype == np.uint8 else 65535.0)
+    normals = raw.astype(np.float32) / peak * np.float32(2.0) - np.float32(1.0)
+    return normals, raw.astype(np.int64).sum(axis=-1) > 0
+
+
+def _decode_exr_rgb(data: bytes, name: str) -> np.ndarray:
+    """EXR bytes -> float32 [H, W, 3] from the first part's R, G, B channels (half or float)."""
+    import OpenEXR
+
+    try:
+        with OpenEXR.File(io.BytesIO(data), separate_channels=True) as exr:
+            channels = {key: np.array(channel.pixels) for key, channel in exr.channels().items()}
+    except (RuntimeError, ValueError, OSError):
+        raise DataError(f"{name} is not a readable OpenEXR file.") from None
+    missing = [c for c in "RGB" if c not in channels]
+    if missing:
+        raise DataError(f"{name} has no {', '.join(missing)} channel (it holds {', '.join(sorted(channels))}).")
+    shapes = {channels[c].shape for c in "RGB"}
+    if len(shapes) != 1 or len(shapes.pop()) != 2:
+        raise DataError(f"{name} has R, G, B channels of different or non-2-D shapes.")
+    return np.stack([channels[c] for c in "RGB"], axis=-1).astype(np.float32)
 
 
 class DSINENormalDataset(EvalDataset):

@@ -122,22 +122,27 @@ def align_depth(
 
     pred: float [H, W], the model's output (depth-like or disparity-like per `space`).
     gt: float [H, W] metric depth in metres; valid: bool [H, W], GT > 0 wherever valid.
-    space: "depth" fits pred to gt; "disparity" fits pred to 1 / gt on valid pixels, clips the aligned
-    disparity at >= 1e-3 and inverts it to depth.
+    space: "depth" fits pred to gt; "disparity" fits pred to 1 / gt on the valid pixels that also have
+    gt > 0 and pred > 0 (the reference's mask: a saturated model writes exact zeros, which must not
+    pull the fit), clips the aligned disparity at >= 1e-3 and inverts it to depth.
     Then, in this order: clip to [min_depth, max_depth] (None = unbounded); clip to pred_clip = (lo, hi)
     when given (DIODE's [0.6, 350]); clip to >= 1e-6.
     Returns float64 [H, W] depth in metres.
     """
     if space not in DEPTH_SPACES:
         raise ValueError(f"space must be one of {DEPTH_SPACES}, got {space!r}")
-    gt, valid = np.asarray(gt, dtype=np.float64), np.asarray(valid, dtype=bool)
+    pred, gt, valid = np.asarray(pred), np.asarray(gt, dtype=np.float64), np.asarray(valid, dtype=bool)
+    _check_same_shape(pred, gt, valid)
     if space == "depth":
         depth, _, _ = align_least_squares(pred, gt, valid, max_samples, subsample)
     else:
-        if np.any(gt[valid] <= 0):
-            raise ValueError("disparity alignment needs positive ground-truth depth on every valid pixel")
-        gt_disparity = np.divide(1.0, gt, out=np.zeros_like(gt), where=valid)
-        disparity, _, _ = align_least_squares(pred, gt_disparity, valid, max_samples, subsample)
+        fit_mask = valid & (gt > 0) & (pred > 0)
+        if valid.any() and not fit_mask.any():
+            raise ValueError(
+                "cannot align in disparity space: no valid pixel has a positive prediction and ground truth"
+            )
+        gt_disparity = np.divide(1.0, gt, out=np.zeros_like(gt), where=fit_mask)
+        disparity, _, _ = align_least_squares(pred, gt_disparity, fit_mask, max_samples, subsample)
         depth = 1.0 / np.maximum(disparity, MIN_ALIGNED_DISPARITY)
     lower = -np.inf if min_depth is None else min_depth
     upper = np.inf if max_depth is None else max_depth
