@@ -6,37 +6,76 @@ benchmark readers decode archive members through `open_image` + `to_rgb_array`.
 
 from __future__ import annotations
 
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import GenPerceptError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-# PIL's decompression-bomb guard errors at 2x this; we refuse at the same point with our own message.
+# Our size rule, checked on the header before any decoding. PIL's decompression-bomb guard errors at the
+# same point (2x its MAX_IMAGE_PIXELS) and warns from half of it; we silence the warning and word both.
 MAX_PIXELS = 2 * 89_478_485
+# Big images are converted to RGB a stripe at a time: peak = decoded image + result + one stripe.
+STRIPE_PIXELS = 1 << 22
+
+# EXIF orientation -> the transpose that shows the image upright (the EXIF spec's table, as Pillow's
+# ImageOps.exif_transpose); 1 = upright.
+_EXIF_TRANSPOSE = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# warnings.catch_warnings swaps process-wide state; header parses (cheap) take turns so reader threads
+# cannot leave each other's filter in place. Decoding runs outside it, in parallel.
+_HEADER_LOCK = threading.Lock()
 
 
 class ImageReadError(GenPerceptError):
     """An input file that cannot be turned into an RGB image (skipped, reported)."""
 
 
-def _exif_size(img: Image.Image) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, read from the header only."""
-    w, h = img.size
-    orientation = img.getexif().get(0x0112, 1)
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+@contextmanager
+def _quiet_header():
+    """Parse headers without PIL's warnings (bomb warning, odd EXIF tags): our own rules report."""
+    with _HEADER_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f} megapixels"
 
 
 def read_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image after EXIF rotation, without decoding its pixels."""
+    return _read_header(path)[:2]
+
+
+def _read_header(path: str | Path) -> tuple[int, int, int]:
+    """(height, width, EXIF orientation) after EXIF rotation, with the size checks of read_size."""
     try:
-        with Image.open(path) as img:
-            w, h = _exif_size(img)
+        with _quiet_header(), Image.open(path) as img:
+            w, h = img.size
+            # The base method reads EXIF found before the pixel data; PNG's own decodes the whole image
+            # to look for it after them, which made this "header" read a full decode.
+            orientation = Image.Image.getexif(img).get(0x0112, 1)
+            if orientation not in _EXIF_TRANSPOSE:
+                orientation = 1
+            if orientation in (5, 6, 7, 8):
+                w, h = h, w
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"{path}: {_describe(exc)}") from None
     except OSError as exc:
@@ -44,13 +83,15 @@ def read_size(path: str | Path) -> tuple[int, int]:
     if w == 0 or h == 0:
         raise ImageReadError(f"{path}: the image has zero pixels.")
     if w * h > MAX_PIXELS:
-        raise ImageReadError(f"{path}: the image is too large ({w}x{h}, limit {MAX_PIXELS} pixels).")
-    return h, w
+        raise ImageReadError(
+            f"{path}: the image is too large ({w}x{h} = {_megapixels(w * h)}; the limit is {_megapixels(MAX_PIXELS)})."
+        )
+    return h, w, orientation
 
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, Image.DecompressionBombError):
-        return f"the image is too large (limit {MAX_PIXELS} pixels)."
+        return f"the image is too large (over the limit of {_megapixels(MAX_PIXELS)})."
     return "not an image file PIL can read."
 
 
@@ -71,11 +112,19 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
         hi = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
         gray = np.clip(np.rint(arr / hi * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # PIL warns when palette transparency goes straight to RGB
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8).copy()
+    # Stripe by stripe: every conversion here is per pixel, so stripes give the whole image's values,
+    # without a second full-size copy in PIL and a third in the bytes numpy reads from.
+    width, height = img.size
+    out = np.empty((height, width, 3), np.uint8)
+    rows = max(1, STRIPE_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        stripe = img.crop((0, top, width, min(height, top + rows)))
+        if stripe.mode == "P" and "transparency" in stripe.info:
+            stripe = stripe.convert("RGBA")  # PIL warns when palette transparency goes straight to RGB
+        if stripe.mode != "RGB":
+            stripe = stripe.convert("RGB")
+        out[top : top + rows] = np.asarray(stripe)
+    return out
 
 
 def open_image(source: str | Path | BinaryIO, name: str | Path | None = None) -> Image.Image:
@@ -85,11 +134,14 @@ def open_image(source: str | Path | BinaryIO, name: str | Path | None = None) ->
     """
     name = name if name is not None else source
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet_header():
             img = Image.open(source)
-            img.load()
-            return img
+        try:
+            img.load()  # decoding runs outside the lock: reader threads decode in parallel
+        except BaseException:
+            img.close()
+            raise
+        return img
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"{name}: {_describe(exc)}") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -101,6 +153,9 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
     Raises ImageReadError (one sentence) for empty, truncated, zero-size, huge or non-image files.
     """
-    read_size(path)  # header checks first: cheap, and refuses huge images before decoding them
+    orientation = _read_header(path)[2]  # header checks first: cheap, and refuses huge images undecoded
     with open_image(path) as img:
-        return to_rgb_array(ImageOps.exif_transpose(img) or img)
+        if orientation == 1:  # upright: no copy
+            return to_rgb_array(img)
+        with img.transpose(_EXIF_TRANSPOSE[orientation]) as upright:  # the orientation read_size saw
+            return to_rgb_array(upright)

@@ -17,6 +17,7 @@ A prediction holding NaN or inf is refused with ValueError before any file is wr
 """
 
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -40,6 +41,17 @@ _SUFFIXES: dict[str, dict[str, str]] = {
 
 FORMATS: dict[str, tuple[str, ...]] = {task: tuple(suffixes) for task, suffixes in _SUFFIXES.items()}
 
+# "png" names each task's main PNG (<stem>_pred.png); for dis/matting it is the 8-bit alpha format itself.
+ALIASES: dict[str, dict[str, str]] = {
+    "depth": {"png": "png16"},
+    "disparity": {"png": "png16"},
+    "normal": {"png": "rgb"},
+    "seg": {"png": "color"},
+}
+
+# Every file name write_prediction can produce ends with one of these (used to skip earlier outputs).
+OUTPUT_SUFFIXES: tuple[str, ...] = tuple(sorted({s for suffixes in _SUFFIXES.values() for s in suffixes.values()}))
+
 # npy is on by default for dis/matting because `genpercept eval --predictions` reads <stem>_pred.npy.
 DEFAULT_FORMATS: dict[str, tuple[str, ...]] = {
     "depth": ("npy", "png16", "color"),
@@ -61,13 +73,15 @@ def _check_task(task: str) -> None:
 def _check_formats(task: str, formats: Iterable[str]) -> tuple[str, ...]:
     """Validate format names for a task; returns them de-duplicated in the given order."""
     _check_task(task)
-    chosen = tuple(dict.fromkeys(formats))
-    for name in chosen:
-        if name not in _SUFFIXES[task]:
+    aliases = ALIASES.get(task, {})
+    for name in formats:
+        if name not in _SUFFIXES[task] and name not in aliases:
+            alias_of = {target: alias for alias, target in aliases.items()}
+            valid = [f"{n} (or {alias_of[n]})" if n in alias_of else n for n in FORMATS[task]]
             raise GenPerceptError(
-                f"Unknown output format {name!r} for task {task}; "
-                f"valid formats are: {', '.join(FORMATS[task])}."
+                f"Unknown output format {name!r} for task {task}; valid formats are: {', '.join(valid)}."
             )
+    chosen = tuple(dict.fromkeys(aliases.get(name, name) for name in formats))  # "png,png16" -> png16 once
     if "png" in chosen and "png16" in chosen:
         raise GenPerceptError(
             f"Output formats 'png' and 'png16' both write <stem>_pred.png for task {task}; choose one."
@@ -78,8 +92,11 @@ def _check_formats(task: str, formats: Iterable[str]) -> tuple[str, ...]:
 def parse_formats(task: str, spec: str | None) -> tuple[str, ...]:
     """Parse a comma-separated format list such as "npy,png16" (case and spaces ignored).
 
-    None or an empty string gives DEFAULT_FORMATS[task]. An unknown name, or "png" with "png16",
-    raises GenPerceptError naming the valid formats for the task.
+    "png" is every task's main PNG: an alias of png16 (depth, disparity), rgb (normal) and color (seg),
+    and the 8-bit alpha for dis/matting. Aliases are resolved and duplicates dropped, so "png,png16"
+    gives ("png16",) for depth. None or an empty string gives DEFAULT_FORMATS[task]. An unknown name,
+    or dis/matting "png" with "png16" (both <stem>_pred.png), raises GenPerceptError naming the valid
+    formats for the task.
     """
     _check_task(task)
     names = [part.strip().lower() for part in (spec or "").split(",") if part.strip()]
@@ -118,7 +135,8 @@ def atomic_write(path: Path, write_fn: Callable[[Path], None]) -> None:
 
     The temp file sits in the same folder as ".<name>.tmp-<pid>", so output globs never match it and
     os.replace is atomic: path holds either its previous content or the complete new file. On any
-    exception (Ctrl-C included) the temp file is removed and the exception re-raised. No fsync.
+    exception (Ctrl-C included) the temp file is removed and the exception re-raised; one left by a
+    killed process is removed by the next run (remove_stale_temp_files). No fsync.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,12 +149,54 @@ def atomic_write(path: Path, write_fn: Callable[[Path], None]) -> None:
         raise
 
 
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")  # atomic_write's ".<name>.tmp-<pid>"
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete the temp files atomic_write left in `folder` when its process was killed; returns how many.
+
+    Only our own names are touched (".<stem><output suffix>.tmp-<pid>", e.g. ".img_pred.npy.tmp-4242"),
+    and only when that pid is neither this process nor alive on this machine, so a concurrent run's
+    files in flight stay. A missing or unlistable folder holds nothing to remove.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    removed = 0
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or not match["name"].endswith(OUTPUT_SUFFIXES) or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:  # another run cleaned it first
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # no signal-0 probe: never guess a process dead
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError) as exc:
+        return isinstance(exc, PermissionError)  # another user's live process / not a possible pid
+    return True
+
+
 def check_writable(path: Path, option: str, folder: bool = False) -> Path:
     """Refuse, before any long work starts, a target that cannot be written; returns `path`.
 
     `path` is a file to be written (`folder=False`: e.g. a results JSON) or a folder to write into.
-    Missing folders are created, then a probe file is created and removed in the folder that will
-    receive the output, so read-only mounts, a file in the way and permissions (even for root on a
+    Nothing is created: a probe file is made and removed in the nearest folder that exists on the way
+    to the target, so read-only mounts, a file in the way and permissions (even for root on a
     read-only filesystem) are all caught. Raises GenPerceptError with one sentence naming `option`.
     """
     path = Path(path).expanduser()
@@ -145,17 +205,16 @@ def check_writable(path: Path, option: str, folder: bool = False) -> Path:
     if not folder and path.is_dir():
         raise GenPerceptError(f"{option} {path} is a folder; give a file name.")
     target = path if folder else path.parent
-    blocker = next((p for p in (target, *target.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise GenPerceptError(f"{option} {path} cannot be written: {blocker} is a file, not a folder.")
-    probe = target / f".genpercept-write-probe-{os.getpid()}"
+    existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise GenPerceptError(f"{option} {path} cannot be written: {existing} is a file, not a folder.")
+    probe = existing / f".genpercept-write-probe-{os.getpid()}"
     try:
-        target.mkdir(parents=True, exist_ok=True)
         probe.touch()
         probe.unlink()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise GenPerceptError(f"{option} {path} cannot be written ({reason}: {exc.filename or target}).") from None
+        raise GenPerceptError(f"{option} {path} cannot be written ({reason}: {existing}).") from None
     return path
 
 
@@ -202,8 +261,8 @@ def _check_prediction(pred: np.ndarray, task: str) -> np.ndarray:
     return pred.astype(np.float32, copy=False)
 
 
-def _rgba_cutout(alpha: np.ndarray, image: np.ndarray | None) -> np.ndarray:
-    """uint8 [H, W, 4]: the input RGB with round(alpha * 255) as the A channel."""
+def _cutout_image(alpha: np.ndarray, image: np.ndarray | None) -> np.ndarray:
+    """The input image for the "rgba" cut-out, checked: uint8 [H, W, 3] at alpha's [H, W]."""
     if image is None:
         raise ValueError("the 'rgba' format needs the input image")
     image = np.asarray(image)
@@ -212,13 +271,39 @@ def _rgba_cutout(alpha: np.ndarray, image: np.ndarray | None) -> np.ndarray:
             f"the 'rgba' format needs a uint8 [H, W, 3] image of shape {(*alpha.shape, 3)}, "
             f"got {image.dtype} {image.shape}"
         )
+    return image
+
+
+def _rgba_cutout(alpha: np.ndarray, image: np.ndarray | None) -> np.ndarray:
+    """uint8 [H, W, 4]: the input RGB with round(alpha * 255) as the A channel."""
+    image = _cutout_image(alpha, image)
     return np.concatenate([image, _quantize(alpha, np.uint8)[..., None]], axis=-1)
 
 
+# PNG encodings are computed this many pixels at a time: their float64 temporaries stay small on huge images.
+ENCODE_PIXELS = 1 << 22
+
+
 def _encode(pred: np.ndarray, task: str, name: str, image: np.ndarray | None) -> np.ndarray:
-    """The array stored for one format: float32 for npy, uint8/uint16 for PNGs."""
+    """The array stored for one format: float32 for npy, uint8/uint16 for PNGs.
+
+    Every PNG encoding is per pixel, so it is computed in stripes of rows with the same result."""
     if name == "npy":
         return pred
+    if name == "rgba":
+        image = _cutout_image(pred, image)  # checked whole, before the stripes
+    rows = max(1, ENCODE_PIXELS // max(1, pred.shape[1]))
+    out = None
+    for top in range(0, len(pred), rows):
+        part = _encode_pixels(pred[top : top + rows], task, name, None if image is None else image[top : top + rows])
+        if out is None:
+            out = np.empty((len(pred), *part.shape[1:]), part.dtype)
+        out[top : top + rows] = part
+    return out
+
+
+def _encode_pixels(pred: np.ndarray, task: str, name: str, image: np.ndarray | None) -> np.ndarray:
+    """`_encode` of some rows (not npy)."""
     if task in ("depth", "disparity"):
         return _quantize(pred, np.uint16) if name == "png16" else colorize_depth(pred, task)
     if task == "normal":  # rgb: [-1, 1] -> round((n + 1) / 2 * 255)

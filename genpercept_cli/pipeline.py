@@ -31,10 +31,22 @@ class NonFiniteError(GenPerceptError):
     """A batch that stayed non-finite even after the fp32 retry."""
 
 
+def check_processing_res(processing_res: int, name: str = "processing_res") -> int:
+    """Refuse a processing resolution no image can use; returns it. It must be 0 (native size) or at
+    least MIN_SIDE: the long side becomes `processing_res` and the short side is no longer."""
+    if processing_res != 0 and processing_res < MIN_SIDE:
+        raise GenPerceptError(
+            f"{name} must be 0 (native size) or at least {MIN_SIDE} pixels, the model's smallest side; "
+            f"got {processing_res}."
+        )
+    return processing_res
+
+
 def processed_size(height: int, width: int, processing_res: int) -> tuple[int, int]:
     """(h, w) after scaling the long side to `processing_res` (floor); 0 keeps the native size.
 
-    Raises GenPerceptError when the short side would be under MIN_SIDE pixels.
+    Raises GenPerceptError when the short side would be under MIN_SIDE pixels; the message gives sizes
+    as width x height, the way image sizes are written.
     """
     if processing_res == 0:
         size = height, width
@@ -42,9 +54,11 @@ def processed_size(height: int, width: int, processing_res: int) -> tuple[int, i
         scale = min(processing_res / width, processing_res / height)
         size = int(height * scale), int(width * scale)
     if min(size) < MIN_SIDE:
+        becomes = (f"becomes {size[1]}x{size[0]} at processing resolution {processing_res}" if processing_res
+                   else "at its native size")
         raise GenPerceptError(
-            f"the image is too thin: {height}x{width} becomes {size[0]}x{size[1]} at processing resolution "
-            f"{processing_res or 'native'}, and the model needs at least {MIN_SIDE} pixels a side."
+            f"the image is too thin: {width}x{height} {becomes}, and the model needs at least {MIN_SIDE} "
+            "pixels a side."
         )
     return size
 
@@ -296,7 +310,7 @@ class GenPerceptPipeline:
         """
         single = isinstance(images, np.ndarray)
         images = [images] if single else list(images)
-        res = self.spec.processing_res if processing_res is None else processing_res
+        res = check_processing_res(self.spec.processing_res if processing_res is None else processing_res)
         results: list[np.ndarray | None] = [None] * len(images)
         buckets: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):

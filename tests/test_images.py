@@ -1,9 +1,12 @@
 """read_rgb: every image mode a user may hand us becomes uint8 RGB, bad files one clear error."""
 
+import warnings
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
+import genpercept_cli.images as images
 from genpercept_cli.images import ImageReadError, read_rgb, read_size
 
 
@@ -55,3 +58,59 @@ def test_truncated_jpeg(tmp_path):
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError, match="truncated"):
         read_rgb(tmp_path / "t.jpg")
+
+
+def test_png_header_read_does_not_decode_the_pixels(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "p.png")
+
+    def no_decode(self):
+        raise AssertionError("read_size decoded the pixels")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decode)
+    assert read_size(tmp_path / "p.png") == (20, 30)
+
+
+def test_png_exif_rotation_matches_read_size(tmp_path):
+    arr = np.zeros((20, 30, 3), np.uint8)
+    arr[:4, :4] = (255, 0, 0)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "r.png", exif=exif)
+    out = read_rgb(tmp_path / "r.png")
+    assert out.shape == (30, 20, 3) and read_size(tmp_path / "r.png") == (30, 20)
+    assert tuple(out[1, -2]) == (255, 0, 0) and tuple(out[1, 1]) == (0, 0, 0)
+
+
+def test_no_raw_decompression_bomb_warning_below_our_limit(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((16, 25, 3), np.uint8)).save(tmp_path / "big.png")  # 400 px
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # PIL warns above 300 and refuses above 600
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_rgb(tmp_path / "big.png").shape == (16, 25, 3)
+        assert read_size(tmp_path / "big.png") == (16, 25)
+    assert [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)] == []
+
+
+def test_over_the_limit_is_refused_with_our_sentence(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((16, 25, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(images, "MAX_PIXELS", 300)
+    with pytest.raises(ImageReadError, match=r"too large \(25x16 = .*; the limit is"):
+        read_rgb(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL's own guard fires first
+    with pytest.raises(ImageReadError, match="too large .over the limit of") as err:
+        read_size(tmp_path / "big.png")
+    assert "decompression bomb" not in str(err.value).lower()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "P", "P+transparency", "CMYK", "1", "I;16", "F"])
+def test_rgb_conversion_in_stripes_equals_the_whole_image(mode, monkeypatch):
+    rgb = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    img = Image.fromarray(rgb).convert(mode.split("+")[0])
+    if mode == "P+transparency":
+        img.info["transparency"] = 3
+    whole = images.to_rgb_array(img)
+    monkeypatch.setattr(images, "STRIPE_PIXELS", 20)  # stripes of 2 rows, the last one of 1
+    np.testing.assert_array_equal(images.to_rgb_array(img), whole)
+    if mode in ("RGB", "L", "RGBA", "CMYK"):
+        np.testing.assert_array_equal(whole, np.asarray(img.convert("RGB")))

@@ -4,6 +4,10 @@ Every test reads the written files back and compares them with hand-computed arr
 """
 
 import glob
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from genpercept_cli.outputs import (
     output_paths,
     parse_formats,
     parse_normal_flip,
+    remove_stale_temp_files,
     write_prediction,
 )
 from genpercept_cli.palette import NYU40_PALETTE
@@ -90,6 +95,42 @@ def test_parse_formats_unknown_name_lists_valid_formats(task, spec, bad):
 def test_parse_formats_png_with_png16_is_refused_for_task(task):
     with pytest.raises(GenPerceptError, match="png16"):
         parse_formats(task, "png,png16")
+
+
+@pytest.mark.parametrize(
+    "task, spec, expected",
+    [
+        ("depth", "png", ("png16",)),
+        ("disparity", "npy,png", ("npy", "png16")),
+        ("normal", "png", ("rgb",)),
+        ("seg", "png,label", ("color", "label")),
+        ("dis", "png", ("png",)),
+        ("matting", "png,npy", ("png", "npy")),
+        ("depth", "png,png16,npy", ("png16", "npy")),  # an alias beside its format: one file, no error
+        ("normal", "rgb,PNG", ("rgb",)),
+        ("seg", "color,png", ("color",)),
+    ],
+)
+def test_parse_formats_png_is_the_tasks_main_png(task, spec, expected):
+    assert parse_formats(task, spec) == expected
+
+
+@pytest.mark.parametrize("task, valid", [("depth", "png16 (or png)"), ("normal", "rgb (or png)"),
+                                         ("seg", "color (or png)")])
+def test_parse_formats_unknown_name_names_the_png_alias(task, valid):
+    with pytest.raises(GenPerceptError, match="valid formats are: .*" + re.escape(valid)):
+        parse_formats(task, "jpeg")
+
+
+@pytest.mark.parametrize("task, alias_of", [("depth", "png16"), ("disparity", "png16"), ("normal", "rgb"),
+                                            ("seg", "color")])
+def test_png_alias_writes_the_same_file_as_its_format(tmp_path, task, alias_of):
+    pred = {"normal": normals_row([(0.0, 0.6, 0.8), (1.0, 0.0, 0.0)]), "seg": seg_prediction_with_noise()}.get(
+        task, RAMP_3X4)
+    (alias,) = write_prediction(pred, task, tmp_path / "a" / "img", parse_formats(task, "png"))
+    (direct,) = write_prediction(pred, task, tmp_path / "b" / "img", (alias_of,))
+    assert alias.name == direct.name == "img_pred.png"
+    assert alias.read_bytes() == direct.read_bytes()
 
 
 def test_parse_formats_unknown_task_is_refused():
@@ -430,3 +471,57 @@ def test_write_prediction_overwrites_existing_outputs(tmp_path):
     np.testing.assert_array_equal(np.load(paths[0]), RAMP_3X4)
     np.testing.assert_array_equal(read_png(paths[1])[1], RAMP_3X4_UINT16)
     assert files_in(tmp_path) == ["img_pred.npy", "img_pred.png"]
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_remove_stale_temp_files_only_ours_and_only_of_dead_processes(tmp_path):
+    dead, alive = _dead_pid(), os.getppid()
+    stale = [f".img_pred.npy.tmp-{dead}", f".a.b_colored.png.tmp-{dead}", f".img_label.png.tmp-{dead}"]
+    kept = [f".img_pred.png.tmp-{os.getpid()}",  # this process: a write in flight
+            f".img_rgba.png.tmp-{alive}",  # a live process: maybe a concurrent run
+            f".notes.txt.tmp-{dead}",  # not one of our output names
+            f"img_pred.npy.tmp-{dead}",  # not our hidden temp pattern
+            "img_pred.npy"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"half")
+    assert remove_stale_temp_files(tmp_path) == 3
+    assert files_in(tmp_path) == sorted(kept)
+    assert remove_stale_temp_files(tmp_path / "missing") == 0
+
+
+@pytest.mark.parametrize("task, formats", [
+    ("depth", ("png16", "color")), ("disparity", ("color",)), ("normal", ("rgb",)), ("dis", ("png",)),
+    ("matting", ("png16",)), ("seg", ("color", "label")),
+])
+def test_png_encoding_in_stripes_equals_whole_image(tmp_path, monkeypatch, task, formats):
+    rng = np.random.default_rng(1)
+    pred = rng.uniform(-0.1, 1.1, (7, 5)).astype(np.float32)
+    if task == "normal":
+        v = rng.normal(size=(7, 5, 3))
+        pred = (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+    if task == "seg":
+        pred = rng.uniform(0, 1, (7, 5, 3)).astype(np.float32)
+    import genpercept_cli.outputs as outputs
+
+    whole = [read_png(p) for p in write_prediction(pred, task, tmp_path / "whole" / "img", formats)]
+    monkeypatch.setattr(outputs, "ENCODE_PIXELS", 10)  # stripes of 2 rows, the last one of 1
+    striped = [read_png(p) for p in write_prediction(pred, task, tmp_path / "striped" / "img", formats)]
+    for (mode_a, a), (mode_b, b) in zip(whole, striped, strict=True):
+        assert mode_a == mode_b
+        np.testing.assert_array_equal(a, b)
+
+
+def test_rgba_cutout_in_stripes_checks_the_whole_image(tmp_path, monkeypatch):
+    import genpercept_cli.outputs as outputs
+
+    monkeypatch.setattr(outputs, "ENCODE_PIXELS", 3)  # one row per stripe
+    (path,) = write_prediction(ALPHA, "matting", tmp_path / "img", ("rgba",), image=IMAGE)
+    np.testing.assert_array_equal(read_png(path)[1][..., :3], IMAGE)
+    taller = np.zeros((5, 3, 3), np.uint8)  # the first rows would fit stripe by stripe
+    with pytest.raises(ValueError, match="shape"):
+        write_prediction(ALPHA, "matting", tmp_path / "bad", ("rgba",), image=taller)

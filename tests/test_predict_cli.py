@@ -1,5 +1,11 @@
 """`genpercept predict` end to end through the Typer CLI, asserting on the files it writes."""
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -142,7 +148,7 @@ def test_missing_source_is_a_user_error(tmp_path):
 def test_offline_registry_checkpoint_stops_with_the_files_to_fetch(photos, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     result = _predict(photos, "--task", "depth", "-o", tmp_path / "o")
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # offline has its own exit code; 2 is a usage error
     assert "unet_depth_v2/diffusion_pytorch_model.safetensors" in result.output
     assert "Traceback" not in result.output
 
@@ -236,3 +242,240 @@ def test_option_errors_before_any_work(photos, tmp_path, checkpoint_root, args, 
 def test_bad_normal_flip_for_a_normal_model(photos, tmp_path, checkpoint_root):
     result = _predict(photos, "-c", checkpoint_root / "unet_normal_v2", "-o", tmp_path / "o", "--normal-flip", "q")
     assert result.exit_code == 2 and "Invalid normal flip" in result.output
+
+
+# --- formats -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task,mode", [("depth", "I;16"), ("disparity", "I;16"), ("normal", "RGB"),
+                                       ("dis", "L"), ("matting", "L"), ("seg", "RGB")])
+def test_formats_png_writes_the_tasks_main_png(photos, tmp_path, checkpoint_root, task, mode):
+    out = tmp_path / "out"
+    result = _predict(photos / "top.jpg", "-c", checkpoint_root / f"unet_{task}_v2", "-o", out,
+                      "--processing-res", "32", "--formats", "png")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out.iterdir()] == ["top_pred.png"]
+    with Image.open(out / "top_pred.png") as png:
+        assert png.mode == mode and png.size == (56, 40)
+
+
+# --- what a source folder holds ------------------------------------------------------------------
+
+
+def test_second_run_into_the_source_folder_skips_earlier_outputs(photos, checkpoint_root):
+    args = [photos, "-c", checkpoint_root / "unet_depth_v2", "-o", photos, "--processing-res", "32"]
+    first = _predict(*args)
+    assert "wrote 7 of 10 images" in first.output, first.output
+    assert (photos / "a" / "b" / "rgba_pred.npy").is_file() and (photos / "top_colored.png").is_file()
+    second = _predict(*args)
+    assert "wrote 7 of 10 images" in second.output and "21 earlier outputs skipped" in second.output
+    assert not list(photos.rglob("*_pred_pred*")) and not list(photos.rglob("*_colored_pred*"))
+
+
+def test_output_above_the_source_folder(photos, tmp_path, checkpoint_root):
+    result = _predict(photos / "a", "-c", checkpoint_root / "unet_dis_v2", "-o", tmp_path, "--processing-res", "32")
+    assert "holds no images" not in result.output
+    assert (tmp_path / "rgb_pred.png").is_file() and (tmp_path / "b" / "palette_pred.png").is_file()
+    again = _predict(tmp_path / "b", "-c", checkpoint_root / "unet_dis_v2", "-o", tmp_path / "again")
+    assert again.exit_code == 2
+    assert "holds no images" in again.output and "6 earlier outputs of genpercept were skipped" in again.output
+
+
+def test_file_name_with_glob_characters_is_read_as_a_file(tmp_path, checkpoint_root):
+    Image.fromarray(_rgb(40, 56, 0)).save(tmp_path / "shot[1].png")
+    out = tmp_path / "out"
+    result = _predict(tmp_path / "shot[1].png", "-c", checkpoint_root / "unet_dis_v2", "-o", out,
+                      "--processing-res", "32")
+    assert result.exit_code == 0, result.output
+    assert (out / "shot[1]_pred.png").is_file()
+
+
+def test_symlinked_folders_are_followed_once(tmp_path, checkpoint_root):
+    src, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
+    (src / "real").mkdir(parents=True)
+    elsewhere.mkdir()
+    Image.fromarray(_rgb(40, 56, 0)).save(src / "real" / "a.png")
+    Image.fromarray(_rgb(40, 56, 1)).save(elsewhere / "b.png")
+    (src / "ext").symlink_to(elsewhere)  # a folder outside the tree: read through the link
+    (src / "again").symlink_to(src / "real")  # a second way to the same folder: read once, by its real path
+    (src / "real" / "loop").symlink_to(src)  # a loop
+    for source in (src, str(src / "**" / "*.png")):
+        out = tmp_path / "out"
+        result = _predict(source, "-c", checkpoint_root / "unet_dis_v2", "-o", out, "--processing-res", "32")
+        assert result.exit_code == 0, result.output
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*_pred.png")) == ["ext/b_pred.png",
+                                                                                     "real/a_pred.png"]
+        assert "wrote 2 of 2 images" in result.output
+        shutil.rmtree(out)
+
+
+def test_hidden_and_special_files_are_counted_not_read(photos, tmp_path, checkpoint_root):
+    Image.fromarray(_rgb(40, 56, 0)).save(photos / ".hidden.png")
+    (photos / ".cache").mkdir()
+    Image.fromarray(_rgb(40, 56, 0)).save(photos / ".cache" / "thumb.png")
+    os.mkfifo(photos / "a" / "pipe.png")  # opening it would block until a writer comes
+    result = _predict(photos, "-c", checkpoint_root / "unet_dis_v2", "-o", tmp_path / "out", "--processing-res", "32")
+    assert "wrote 7 of 10 images" in result.output
+    assert "2 hidden, 1 special file not read" in result.output
+    assert not (tmp_path / "out" / "a" / "pipe_pred.png").exists()
+    alone = _predict(photos / "a" / "pipe.png", "-c", checkpoint_root / "unet_dis_v2", "-o", tmp_path / "o2")
+    assert alone.exit_code == 2 and "not a regular file" in alone.output
+
+
+def test_unreadable_file_is_reported_as_failed(photos, tmp_path, checkpoint_root, monkeypatch):
+    import genpercept_cli.predict as predict
+
+    real_access = os.access  # tests may run as root, who reads anything: deny one file here instead
+
+    def access(path, mode):
+        return Path(path).name != "rgb.png" and real_access(path, mode)
+
+    monkeypatch.setattr(predict.os, "access", access)
+    out = tmp_path / "out"
+    result = _predict(photos / "a", "-c", checkpoint_root / "unet_dis_v2", "-o", out, "--processing-res", "32")
+    assert result.exit_code == 1
+    assert "rgb.png: the file cannot be read (permission denied)." in result.output
+    assert "wrote 5 of 8 images" in result.output and "3 failed" in result.output  # + empty.jpg, notes.png
+    assert not (out / "rgb_pred.png").exists() and (out / "gray_pred.png").exists()
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed(photos, tmp_path, checkpoint_root):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid is now free: the "killed run"
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    stale = [out / f".top_pred.npy.tmp-{child.pid}", out / "a" / f".rgb_colored.png.tmp-{child.pid}"]
+    for path in stale:
+        path.write_bytes(b"half")
+    foreign = out / f".notes.tmp-{child.pid}"
+    foreign.write_bytes(b"not ours")
+    result = _predict(photos, "-c", checkpoint_root / "unet_depth_v2", "-o", out, "--processing-res", "32")
+    assert not any(p.exists() for p in stale) and foreign.exists()
+    assert "2 temporary files of an interrupted run removed" in result.output
+
+
+# --- interrupts and memory -----------------------------------------------------------------------
+
+
+def _same_size_images(folder, n):
+    folder.mkdir()
+    for k in range(n):
+        Image.fromarray(_rgb(40, 56, k)).save(folder / f"im_{k}.png")
+
+
+def test_interrupt_cancels_queued_reads_and_leaves_no_partial_file(tmp_path, checkpoint_root, monkeypatch):
+    import genpercept_cli.predict as predict
+
+    _same_size_images(tmp_path / "src", 8)
+    calls = []
+    real_read = predict.read_rgb
+
+    def read_then_interrupt(path):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_read(path)
+
+    monkeypatch.setattr(predict, "read_rgb", read_then_interrupt)
+    out = tmp_path / "out"
+    result = _predict(tmp_path / "src", "-c", checkpoint_root / "unet_depth_v2", "-o", out, "--processing-res", "32",
+                      "--batch-size", "2", "--workers", "1")
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert len(calls) <= 4  # batch + workers decoded ahead, +1 handed out; the queued rest is cancelled
+    assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_interrupt_in_a_writer_leaves_only_complete_files(tmp_path, checkpoint_root, monkeypatch):
+    import genpercept_cli.outputs as outputs
+
+    _same_size_images(tmp_path / "src", 4)
+    real_writer, count = outputs._npy_writer, []
+
+    def half_then_interrupt(array):
+        def write(tmp):
+            count.append(tmp)
+            if len(count) == 2:
+                tmp.write_bytes(b"\x93NUMPY half")
+                raise KeyboardInterrupt
+            real_writer(array)(tmp)
+
+        return write
+
+    monkeypatch.setattr(outputs, "_npy_writer", half_then_interrupt)
+    out = tmp_path / "out"
+    result = _predict(tmp_path / "src", "-c", checkpoint_root / "unet_depth_v2", "-o", out, "--processing-res", "32",
+                      "--formats", "npy")
+    assert result.exit_code == 130
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert not [p for p in files if ".tmp-" in p.name]
+    assert 1 <= len(files) <= 3 and all(np.load(p).shape == (40, 56) for p in files)
+
+
+def test_full_resolution_images_are_not_kept_ahead(tmp_path, checkpoint_root, monkeypatch):
+    import gc
+    import weakref
+
+    import genpercept_cli.predict as predict
+
+    class Tracked(np.ndarray):
+        pass
+
+    _same_size_images(tmp_path / "src", 6)
+    decoded, alive_at_batch = [], []
+    real_read, real_batch = predict.read_rgb, GenPerceptPipeline.predict_batch
+
+    def tracked_read(path):
+        image = real_read(path).view(Tracked)
+        decoded.append(weakref.ref(image))
+        return image
+
+    def counting_batch(self, rgb):
+        gc.collect()
+        alive_at_batch.append(sum(ref() is not None for ref in decoded))
+        return real_batch(self, rgb)
+
+    monkeypatch.setattr(predict, "read_rgb", tracked_read)
+    monkeypatch.setattr(GenPerceptPipeline, "predict_batch", counting_batch)
+    args = [tmp_path / "src", "-c", checkpoint_root / "unet_matting_v2", "--processing-res", "32",
+            "--batch-size", "2", "--workers", "1"]
+    assert _predict(*args, "-o", tmp_path / "a", "--formats", "npy").exit_code == 0
+    assert len(alive_at_batch) == 3 and max(alive_at_batch) <= 1  # at most the one the single reader decodes
+    alive_at_batch.clear()
+    assert _predict(*args, "-o", tmp_path / "b", "--formats", "png,rgba").exit_code == 0
+    assert 2 <= alive_at_batch[0] <= 2 + 2  # the cut-out needs the pixels: the batch's, and up to 2 ahead
+
+
+@pytest.mark.parametrize("shape", [(40, 56), (333, 1000), (1000, 333), (97, 64), (17, 23)])
+def test_model_input_resizes_channel_by_channel_exactly(shape):
+    import torch
+
+    from genpercept_cli.pipeline import image_to_tensor, processed_size, resize_uint8
+    from genpercept_cli.predict import model_input
+
+    image = _rgb(*shape, seed=sum(shape))
+    for res in (0, 8, 32, 768):
+        size = processed_size(*shape, res) if min(shape) * res >= 8 * max(shape) or res == 0 else None
+        if size is not None:
+            assert torch.equal(model_input(image, size), resize_uint8(image_to_tensor(image), size))
+
+
+# --- sizes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("res", ["1", "7"])
+def test_processing_res_below_the_model_minimum_is_refused_up_front(photos, tmp_path, checkpoint_root, res):
+    result = _predict(photos, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "o", "--processing-res", res)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"--processing-res must be 0 (native size) or at least 8 pixels, the model's smallest side; got {res}." \
+        in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_thin_image_message_gives_width_x_height(tmp_path, checkpoint_root):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(_rgb(1, 300, 0)).save(src / "line.png")  # 300 wide, 1 high
+    Image.fromarray(_rgb(300, 5, 0)).save(src / "post.png")  # 5 wide, 300 high
+    result = _predict(src, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out", "--processing-res", "32")
+    assert "line.png: the image is too thin: 300x1 becomes 32x0 at processing resolution 32" in result.output
+    assert "post.png: the image is too thin: 5x300 becomes 0x32 at processing resolution 32" in result.output
