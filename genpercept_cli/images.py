@@ -118,7 +118,8 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     out = np.empty((height, width, 3), np.uint8)
     rows = max(1, STRIPE_PIXELS // max(width, 1))
     for top in range(0, height, rows):
-        stripe = img.crop((0, top, width, min(height, top + rows)))
+        with _quiet_header():  # Pillow < 11 runs its bomb check, with a warning, on every crop
+            stripe = img.crop((0, top, width, min(height, top + rows)))
         if stripe.mode == "P" and "transparency" in stripe.info:
             stripe = stripe.convert("RGBA")  # PIL warns when palette transparency goes straight to RGB
         if stripe.mode != "RGB":
