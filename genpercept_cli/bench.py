@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -149,14 +149,15 @@ def random_module(factory, device, dtype):
     return module.eval().requires_grad_(False)
 
 
-def build_random_stages(preset: str, head: str, device, dtype, seed: int = 0):
-    """Stages with random weights: SD2.1-size ("sd21") or tiny ("tiny") U-Net + VAE (+ DPT head)."""
+def build_random_model(preset: str, head: str, device, dtype, seed: int = 0):
+    """A one-step model with random weights: SD2.1-size ("sd21") or tiny ("tiny") U-Net + VAE (+ DPT
+    head); a depth model, or a disparity model with the DPT head."""
     import diffusers
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from .loading import empty_text_embedding
-    from .pipeline import Stages
+    from .models import OneStepModel
 
     diffusers.logging.set_verbosity_error()
     unet_config, vae_config, dpt_width = PRESETS[preset]
@@ -175,10 +176,11 @@ def build_random_stages(preset: str, head: str, device, dtype, seed: int = 0):
         from .dpt import DPTHead
 
         dpt_head = random_module(lambda: DPTHead(unet_config["block_out_channels"], dpt_width), device, dtype)
-    return Stages(
+    return OneStepModel(
         unet=random_module(make_unet, device, dtype),
         vae=random_module(lambda: AutoencoderKL(**vae_config), device, dtype),
         embedding=empty_text_embedding("v2").to(device, dtype),
+        task="disparity" if head == "dpt" else "depth",
         dpt_head=dpt_head,
     )
 
@@ -281,6 +283,9 @@ class MarigoldBaseline:
     def postprocess(self, pred, size):
         return self.pipe.postprocess(pred, size)
 
+    def processed_size(self, height: int, width: int, processing_res: int):
+        return self.pipe.processed_size(height, width, processing_res)
+
     def predict_batch(self, rgb):
         """uint8 [B, 3, h, w] -> float32 [B, C, h, w] in [0, 1]."""
         import torch
@@ -296,14 +301,14 @@ class MarigoldBaseline:
         members = []
         for start in range(0, self.ensemble, self.member_batch):
             n = min(self.member_batch, self.ensemble - start)
-            cond = pipe.encode(rgb.expand(n, -1, -1, -1))  # [n,4,h/8,w/8]
+            cond = pipe.model.encode(pipe.normalise(rgb.expand(n, -1, -1, -1)))  # [n,4,h/8,w/8]
             x = torch.randn(cond.shape, generator=gen).to(cond.device, cond.dtype)
-            embed = pipe.stages.embedding.expand(n, -1, -1)
+            embed = pipe.model.embedding.expand(n, -1, -1)
             for t, alpha_bar, alpha_bar_prev in self.schedule:
                 sample = torch.cat([cond, x], dim=1)  # [n,8,h/8,w/8]
                 v = self.unet(sample, t, encoder_hidden_states=embed, return_dict=False)[0]
                 x = ddim_step(x, v, alpha_bar, alpha_bar_prev)
-            members.append(pipe.head(pipe.decode(x)))  # [n,C,h,w] in [0,1]
+            members.append(pipe.model.head(pipe.model.decode(x)))  # [n,C,h,w] in [0,1]
         with self.clock.stage("ensemble"):
             return ensemble_median(torch.cat(members))[None]
 
@@ -424,61 +429,36 @@ def make_inputs(folder: Path, count: int, side: int, seed: int = 0) -> list:
     return items
 
 
-def run_serial(target, images, output: Path, formats, res: int, batch_size: int, clock, empty_cache: bool):
-    """read -> predict -> post-process -> write, one batch after the other, nothing overlapped."""
-    import torch
+def run_images(target, images, output: Path, formats, res: int, batch_size: int, clock, overlap: bool,
+               empty_cache: bool = False) -> None:
+    """`genpercept predict`'s runner on `images`, its reading, post-processing and writing timed by
+    `clock`; overlap=False runs read -> predict -> write in series (the reference's loop), and
+    empty_cache empties the CUDA cache after every batch as the reference does."""
+    from .predict import run_predict
 
-    from .images import read_rgb, read_size
-    from .outputs import write_prediction
-    from .pipeline import image_to_tensor, processed_size, resize_uint8
+    def after_batch():
+        if empty_cache and clock.device.type == "cuda":
+            import torch
 
-    buckets: dict[tuple[int, int], list] = {}
-    for item in images:
-        buckets.setdefault(processed_size(*read_size(item.path), res), []).append(item)
-    for size, items in buckets.items():
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            with clock.stage("load", sync=False):
-                loaded = [read_rgb(item.path) for item in chunk]
-                rgb = torch.cat([resize_uint8(image_to_tensor(image), size) for image in loaded])
-            preds = target.predict_batch(rgb)
-            for item, image, pred in zip(chunk, loaded, preds, strict=True):
-                arr = target.postprocess(pred, image.shape[:2])
-                with clock.stage("write", sync=False):
-                    write_prediction(arr, target.task, output / item.rel_stem, formats, image=image)
-            if empty_cache and clock.device.type == "cuda":
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache()
 
-
-def run_overlapped(target, images, output: Path, formats, res: int, batch_size: int, clock) -> None:
-    """`genpercept predict`'s own runner, with its reader/writer functions timed in place."""
-    from unittest import mock
-
-    from . import outputs, pipeline, predict
-
-    with ExitStack() as stack:
-        for module, name, stage in ((predict, "read_rgb", "load"), (pipeline, "resize_uint8", "load"),
-                                    (outputs, "write_prediction", "write")):
-            timed = clock.timed(stage, getattr(module, name), sync=False)
-            stack.enter_context(mock.patch.object(module, name, timed))
-        report = predict.run_predict(target, images, output, formats, res, batch_size, workers=2)
+    report = run_predict(target, images, output, formats, res, batch_size, workers=2, clock=clock,
+                         overlap=overlap, after_batch=after_batch)
     if report.failed:
         raise GenPerceptError(f"the benchmark run failed: {report.failed[0][1]}")
 
 
 @contextmanager
 def instrumented(pipe, clock):
-    """Stage hooks on the pipeline's modules and a timer around its post-processing."""
-    s = pipe.stages
-    handles = clock.hook(s.vae.encoder, "vae_encode") + clock.hook(s.unet, "unet", count_samples=True)
-    handles += clock.hook(s.vae.decoder, "vae_decode")  # the DPT-head one-step path never calls it
-    if s.dpt_head is not None:
-        handles += clock.hook(s.dpt_head, "dpt_head")
-    pipe.postprocess = clock.timed("postprocess", type(pipe).postprocess.__get__(pipe))
+    """Stage hooks on the model's modules (post-processing, reading and writing are timed by the runner)."""
+    m = pipe.model
+    handles = clock.hook(m.vae.encoder, "vae_encode") + clock.hook(m.unet, "unet", count_samples=True)
+    handles += clock.hook(m.vae.decoder, "vae_decode")  # the DPT-head one-step path never calls it
+    if m.dpt_head is not None:
+        handles += clock.hook(m.dpt_head, "dpt_head")
     try:
         yield
     finally:
-        del pipe.postprocess
         for handle in handles:
             handle.remove()
 
@@ -560,17 +540,17 @@ class BenchConfig:
 
 def load_pipeline(cfg: BenchConfig):
     from .checkpoints import CheckpointSpec
-    from .pipeline import GenPerceptPipeline, resolve_device, resolve_dtype
+    from .pipeline import GenPerceptPipeline
+    from .runtime.device import resolve_device, resolve_dtype
 
     if cfg.checkpoint is not None:
         # fast_path=False: the reference loop runs on the modules as loaded; the switches come later
         return GenPerceptPipeline.from_checkpoint(cfg.checkpoint, device=cfg.device, dtype=cfg.dtype, fast_path=False)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    stages = build_random_stages(cfg.model_size, cfg.head, device, dtype, cfg.seed)
-    task = "disparity" if cfg.head == "dpt" else "depth"
-    spec = CheckpointSpec(name=f"random-{cfg.model_size}-{cfg.head}", task=task, output="random weights")
-    return GenPerceptPipeline(stages, spec, device, dtype)
+    model = build_random_model(cfg.model_size, cfg.head, device, dtype, cfg.seed)
+    spec = CheckpointSpec(name=f"random-{cfg.model_size}-{cfg.head}", task=model.task, output="random weights")
+    return GenPerceptPipeline(model, spec, device, dtype)
 
 
 def set_attention(pipe, attention: str) -> None:
@@ -579,8 +559,8 @@ def set_attention(pipe, attention: str) -> None:
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     processor = AttnProcessor2_0() if attention == "sdpa" else AttnProcessor()
-    pipe.stages.unet.set_attn_processor(processor)
-    pipe.stages.vae.set_attn_processor(processor)
+    pipe.model.unet.set_attn_processor(processor)
+    pipe.model.vae.set_attn_processor(processor)
 
 
 def run_benchmark(cfg: BenchConfig) -> dict:
@@ -588,7 +568,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     import torch
 
     from .outputs import DEFAULT_FORMATS
-    from .pipeline import measured_fast_path
+    from .runtime.device import measured_fast_path
 
     pipe = load_pipeline(cfg.validate())
     set_attention(pipe, cfg.attention)
@@ -641,19 +621,17 @@ def _run_protocol(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_i
     res = cfg.resolution
     if p.name == "reference":
         def run(target=pipe):
-            run_serial(target, images, out, formats, res, 1, clock, empty_cache=True)
+            run_images(target, images, out, formats, res, 1, clock, overlap=False, empty_cache=True)
 
         return {"batch_size": 1, **measure(run, run, n_images, cfg.warmup, repeats, clock, memory)}
 
     def runner(target):
-        if cfg.overlap_io:
-            return lambda: run_overlapped(target, images, out, formats, res, cfg.batch_size, clock)
-        return lambda: run_serial(target, images, out, formats, res, cfg.batch_size, clock, empty_cache=False)
+        return lambda: run_images(target, images, out, formats, res, cfg.batch_size, clock, cfg.overlap_io)
 
     if p.name == "genpercept":
         return {"batch_size": cfg.batch_size, **measure(runner(pipe), runner(pipe), n_images, cfg.warmup,
                                                         repeats, clock, memory)}
-    with marigold_unet(pipe.stages.unet) as unet:
+    with marigold_unet(pipe.model.unet) as unet:
         target = MarigoldBaseline(pipe, unet, p.steps, p.ensemble, cfg.batch_size, clock, cfg.seed)
         # Warm-up: one step, one member batch - every kernel and shape of the full protocol.
         members = min(p.ensemble, cfg.batch_size)

@@ -24,6 +24,12 @@ _HUB_NAME = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?")  # one hub name p
 _UNET_NAME = re.compile(
     r"unet_(?P<task>depth|disparity_dpt_head|disparity|normal|dis|matting|seg)(?:_(?P<version>v\d+))?"
 )
+# What a model's output means; decides how it is post-processed and scored (depth alignment).
+OUTPUT_KINDS = ("affine_depth", "affine_disparity", "metric_depth", "normal", "probability", "alpha",
+                "seg_colors")
+TASK_OUTPUT_KIND = {"depth": "affine_depth", "disparity": "affine_disparity", "normal": "normal",
+                    "dis": "probability", "matting": "alpha", "seg": "seg_colors"}
+SPEC_FILE = "genpercept.json"  # beside the weights: what the checkpoint is, read before any name guess
 _DEFAULT_OUTPUT = {
     "depth": "affine-invariant depth in [0,1], 0 = near, 1 = far",
     "disparity": "affine-invariant disparity in [0,1], 1 = near",
@@ -55,6 +61,14 @@ class CheckpointSpec:
     unet_dir: Path | None = None
     vae_dir: Path | None = None
     dpt_dir: Path | None = None
+    family: str = "genpercept"  # models.FAMILIES key: how the weights become a model
+    family_params: dict = field(default_factory=dict)  # e.g. timestep, parametrization (models.one_step)
+    output_kind: str | None = None  # None: the task's (TASK_OUTPUT_KIND); e.g. "metric_depth"
+
+    @property
+    def kind(self) -> str:
+        """What the output means (OUTPUT_KINDS): decides post-processing and how depth is aligned."""
+        return self.output_kind or TASK_OUTPUT_KIND[self.task]
 
     @property
     def is_local(self) -> bool:
@@ -133,17 +147,49 @@ def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
             f"{folder} is not a checkpoint folder: expected a unet_* folder beside vae/ "
             "(like guangkaixu/genpercept-depth) or a unet_* folder whose parent holds vae/."
         )
-    named_task, version, dpt = _task_from_folder_name(unet_dir.name)
+    declared = _read_spec_file(unet_dir)
+    if declared:
+        named_task, version, dpt = declared.get("task"), declared.get("embedding"), bool(declared.get("dpt_head"))
+    else:
+        named_task, version, dpt = _task_from_folder_name(unet_dir.name)
     task = _check_task(task, named_task, str(unet_dir))
     dpt_dir = _find_dpt_dir(unet_dir.parent, unet_dir) if dpt else None
     if dpt and dpt_dir is None:
         raise CheckpointError(
             f"{unet_dir.name} needs its DPT head: put dpt_head_identity/model.safetensors beside {unet_dir}."
         )
+    extra = {k: declared[k] for k in ("family", "family_params", "output_kind", "processing_res") if k in declared}
     return CheckpointSpec(
         name=str(folder), task=task, output=_DEFAULT_OUTPUT[task], embedding=version or "v2",
-        unet_dir=unet_dir, vae_dir=vae_dir, dpt_dir=dpt_dir,
+        unet_dir=unet_dir, vae_dir=vae_dir, dpt_dir=dpt_dir, **extra,
     )
+
+
+_SPEC_FILE_KEYS = {"task": str, "family": str, "family_params": dict, "output_kind": str, "embedding": str,
+                   "processing_res": int, "dpt_head": bool}
+
+
+def _read_spec_file(unet_dir: Path) -> dict:
+    """`genpercept.json` beside the weights ({} when absent): what the checkpoint is, stated by the tool
+    that wrote it, so no folder-name guess is needed. Keys: see _SPEC_FILE_KEYS."""
+    path = unet_dir / SPEC_FILE
+    if not path.is_file():
+        return {}
+    try:
+        declared = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}).") from None
+    if not isinstance(declared, dict):
+        raise CheckpointError(f"{path} must hold a JSON object.")
+    for key, value in declared.items():
+        wanted = _SPEC_FILE_KEYS.get(key)
+        if wanted is None:
+            raise CheckpointError(f"{path} has an unknown key {key!r}; known: {', '.join(_SPEC_FILE_KEYS)}.")
+        if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+            raise CheckpointError(f"{path}: {key!r} must be a {wanted.__name__}, not {value!r}.")
+    if declared.get("output_kind", OUTPUT_KINDS[0]) not in OUTPUT_KINDS:
+        raise CheckpointError(f"{path}: output_kind must be one of {', '.join(OUTPUT_KINDS)}.")
+    return declared
 
 
 def _refuse_part_folder(folder: Path) -> None:

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
+from .loading import load_strict, read_config, read_weights
+from .resize import resize_float
 
 WEIGHTS_FILE = "model.safetensors"
 SD21_UP_BLOCK_CHANNELS = (320, 640, 1280, 1280)
@@ -158,8 +160,6 @@ class DPTHead(nn.Module):
         levels = [self.feature_upsample_0(features[0]), *features[1:]]  # [B,C0,2h0,2w0], ...
         out = self.head(self.neck(levels))  # [B,1,32*h3,32*w3]
         if image_size is not None:
-            from .pipeline import resize_float
-
             out = resize_float(out, tuple(image_size))
         return out
 
@@ -178,8 +178,6 @@ class DPTHead(nn.Module):
         `fusion_hidden_size` (transformers' DPT names) override the SD2.1 defaults.
         Raises CheckpointError naming the first missing / unexpected / mis-shaped keys.
         """
-        from .loading import load_strict, read_config, read_weights
-
         folder = Path(folder)
         config = read_config(folder) if (folder / "config.json").is_file() else {}
         try:

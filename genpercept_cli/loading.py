@@ -71,34 +71,32 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: 
     module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
 
 
-def _build(cls, folder: Path, dtype: torch.dtype, dpt: bool = False):
+def _build(cls, folder: Path, dtype: torch.dtype, key_filter=None, prepare=None):
+    """A diffusers model of class `cls` from `folder`, strictly loaded; `key_filter(state)` edits the
+    weights and `prepare(module)` the (meta-device) module before loading."""
     import diffusers
 
     diffusers.logging.set_verbosity_error()  # unknown v1 config keys would otherwise warn
     config = read_config(folder)
     state = read_weights(folder / "diffusion_pytorch_model.safetensors")
-    if dpt:
-        from .dpt import strip_unet_head_keys
-
-        state = strip_unet_head_keys(state)
+    if key_filter is not None:
+        state = key_filter(state)
     try:
         with torch.device("meta"):  # no random init of 865M parameters we overwrite anyway
             module = cls.from_config(config)
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{folder / 'config.json'} is not a valid {cls.__name__} config ({exc}).") from None
-    if dpt:
-        from .dpt import prepare_dpt_unet
-
-        module = prepare_dpt_unet(module)
+    if prepare is not None:
+        module = prepare(module)
     load_strict(module, state, folder, dtype)
     return module.eval().requires_grad_(False)
 
 
-def load_unet(folder: Path, dtype: torch.dtype = torch.float32, dpt: bool = False):
-    """diffusers UNet2DConditionModel from `folder`; `dpt=True` drops conv_out / conv_norm_out."""
+def load_unet(folder: Path, dtype: torch.dtype = torch.float32, key_filter=None, prepare=None):
+    """diffusers UNet2DConditionModel from `folder` (see `_build` for `key_filter` and `prepare`)."""
     from diffusers import UNet2DConditionModel
 
-    unet = _build(UNet2DConditionModel, folder, dtype, dpt=dpt)
+    unet = _build(UNet2DConditionModel, folder, dtype, key_filter, prepare)
     if unet.config.cross_attention_dim != EMBED_DIM:
         raise CheckpointError(
             f"{folder} has cross_attention_dim {unet.config.cross_attention_dim}, not the SD2.1 {EMBED_DIM}."

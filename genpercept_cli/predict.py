@@ -10,19 +10,11 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import GenPerceptError
 from .images import IMAGE_SUFFIXES, ImageReadError, read_rgb, read_size
-
-if TYPE_CHECKING:  # annotations only: torch loads inside the functions that use it, so `--help` stays instant
-    import numpy as np
-    import torch
 
 
 @dataclass(frozen=True)
@@ -237,142 +229,53 @@ def run_predict(
     workers: int = 4,
     normal_flip: str = "",
     progress=None,
+    clock=None,
+    overlap: bool = True,
+    after_batch=None,
 ) -> PredictReport:
     """Predict every image and write its files under `output`; failures are reported, not raised.
 
+    Runs the one runner (`runtime.runner.run`) with a reader that decodes and resizes and a writer sink.
     Memory: a full-resolution image lives only while a reader thread decodes and resizes it (at most
     `workers` at once), unless the "rgba" cut-out needs it; at most `batch_size + workers` model inputs
-    wait decoded, and at most `2 * _WRITERS` predictions wait to be written. Ctrl-C (or SIGTERM, turned
-    into KeyboardInterrupt by the CLI) cancels queued reads and writes; writes already running finish,
-    and each is atomic, so no partial file remains.
+    wait decoded, and a few predictions wait to be written. Ctrl-C (or SIGTERM, turned into
+    KeyboardInterrupt by the CLI) cancels queued reads and writes; writes already running finish, and
+    each is atomic, so no partial file remains. `clock`, `overlap`, `after_batch`: see the runner.
     """
     from .outputs import output_paths, remove_stale_temp_files, write_prediction
-    from .pipeline import processed_size
+    from .resize import model_input
+    from .runtime.runner import Job, Loaded, run
 
     report = PredictReport()
     for folder in sorted({(output / item.rel_stem).parent for item in images}):
         report.stale_removed += remove_stale_temp_files(folder)
-    todo: list[tuple[InputImage, tuple[int, int]]] = []
-    for item in images:
+    jobs: list[Job] = []
+    for index, item in enumerate(images):
         stem = output / item.rel_stem
         if skip_existing and all(p.exists() for p in output_paths(stem, pipe.task, formats)):
             report.skipped_existing += 1
             continue
         try:
-            todo.append((item, processed_size(*read_size(item.path), processing_res)))
+            jobs.append(Job(index, pipe.processed_size(*read_size(item.path), processing_res)))
         except ImageReadError as exc:
             report.failed.append((item.path, str(exc)))
         except GenPerceptError as exc:  # too thin for the model
             report.failed.append((item.path, f"{item.path}: {exc}"))
-    task_id = progress.add_task("predict", total=len(todo)) if progress else None
-
-    buckets: dict[tuple[int, int], list[InputImage]] = {}
-    for item, size in todo:
-        buckets.setdefault(size, []).append(item)
-    batches = [(size, items[i : i + batch_size]) for size, items in buckets.items()
-               for i in range(0, len(items), batch_size)]
+    task_id = progress.add_task("predict", total=len(jobs)) if progress else None
     keep_image = "rgba" in formats  # the cut-out is the only output that needs the full-res pixels
 
-    def load(item: InputImage, size):
-        image = read_rgb(item.path)
-        return (image if keep_image else None), image.shape[:2], model_input(image, size)
+    def load(job: Job) -> Loaded:
+        image = read_rgb(images[job.index].path)
+        return Loaded(job, model_input(image, job.size), image.shape[:2], image if keep_image else None)
 
-    def write(item: InputImage, pred, image):
-        write_prediction(pred, pipe.task, output / item.rel_stem, formats, image=image, normal_flip=normal_flip)
+    def write(loaded: Loaded, prediction) -> None:
+        item = images[loaded.job.index]
+        write_prediction(prediction, pipe.task, output / item.rel_stem, formats, image=loaded.context,
+                         normal_flip=normal_flip)
 
-    readers = ThreadPoolExecutor(workers, thread_name_prefix="genpercept-read")
-    writers = ThreadPoolExecutor(_WRITERS, thread_name_prefix="genpercept-write")
-    try:
-        jobs = [(item, size) for size, items in batches for item in items]
-        decoded = _in_order(readers, load, jobs, ahead=batch_size + workers)
-        writes: list[tuple[InputImage, Future]] = []
-        for _size, items in batches:
-            loaded = []
-            for item in items:
-                try:
-                    loaded.append((item, *next(decoded).result()))
-                except ImageReadError as exc:
-                    report.failed.append((item.path, str(exc)))
-                    _advance(progress, task_id)
-            if not loaded:
-                continue
-            for (item, image, shape, _), pred in zip(loaded, _predict_or_split(pipe, loaded, report)):
-                if pred is not None:
-                    writes.append((item, writers.submit(write, item, pipe.postprocess(pred, shape), image)))
-                    writes = _collect(writes, report, keep=2 * _WRITERS)
-                _advance(progress, task_id)
-        _collect(writes, report, keep=0)
-    finally:  # on Ctrl-C/SIGTERM or an unexpected error: drop queued work, let running writes finish
-        for pool in (readers, writers):
-            pool.shutdown(wait=True, cancel_futures=True)
+    result = run(pipe, jobs, load, write, batch_size=batch_size, workers=workers, sink_workers=2,
+                 overlap=overlap, describe=lambda job: str(images[job.index].path), after_batch=after_batch,
+                 clock=clock, progress=progress, task_id=task_id)
+    report.written = result.done
+    report.failed += [(images[job.index].path, message) for job, message in result.failed]
     return report
-
-
-_WRITERS = 2  # writer threads (PNG encoding releases the GIL)
-
-
-def model_input(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 [H, W, 3] -> the model's uint8 [1, 3, h, w]: `resize_uint8` one channel at a time.
-
-    The resize works on each channel alone, so the result is the same as resizing all three at once,
-    while the float32 working copy is one channel (H*W*4 bytes) instead of three.
-    """
-    import torch
-
-    from .pipeline import image_to_tensor, resize_uint8
-
-    return torch.cat([resize_uint8(image_to_tensor(image[..., c : c + 1]), size) for c in range(3)], dim=1)
-
-
-def _in_order(pool: ThreadPoolExecutor, fn, jobs: list[tuple], ahead: int) -> Iterator[Future]:
-    """Futures of fn(*job) in job order, with at most `ahead` submitted and not yet handed out."""
-    queue: deque[Future] = deque(pool.submit(fn, *job) for job in jobs[:ahead])
-    for job in jobs[ahead:]:
-        yield queue.popleft()
-        queue.append(pool.submit(fn, *job))
-    while queue:
-        yield queue.popleft()
-
-
-def _predict_or_split(pipe, loaded, report: PredictReport) -> list:
-    """Predictions for one batch; on out-of-memory the batch is halved until single images fail.
-
-    `loaded`: (item, image or None, (H, W), uint8 [1, 3, h, w]) per image. Failed images get None and
-    a line in the report."""
-    import torch
-
-    try:
-        return list(pipe.predict_batch(torch.cat([t for *_, t in loaded])))
-    except torch.OutOfMemoryError:
-        if len(loaded) > 1:
-            half = len(loaded) // 2
-            return _predict_or_split(pipe, loaded[:half], report) + _predict_or_split(pipe, loaded[half:], report)
-        item, *_, tensor = loaded[0]
-        size = f"{tensor.shape[-1]}x{tensor.shape[-2]}"  # width x height, as image sizes are written
-        report.failed.append((item.path, f"{item.path}: out of memory at {size}; lower --processing-res."))
-    except GenPerceptError as exc:
-        report.failed.extend((item.path, f"{item.path}: {exc}") for item, *_ in loaded)
-    except RuntimeError as exc:  # e.g. the CPU allocator out of memory: fail these images, keep going
-        reason = str(exc).splitlines()[0][:200]
-        report.failed.extend((item.path, f"{item.path}: the model failed ({reason}).") for item, *_ in loaded)
-    return [None] * len(loaded)
-
-
-def _advance(progress, task_id) -> None:
-    if progress is not None:
-        progress.advance(task_id)
-
-
-def _collect(writes, report: PredictReport, keep: int):
-    """Account finished writes, waiting on the oldest until at most `keep` run; return those running."""
-    still = []
-    for k, (item, fut) in enumerate(writes):
-        if fut.done() or len(writes) - k > keep:
-            try:
-                fut.result()
-                report.written += 1
-            except (OSError, ValueError, GenPerceptError) as exc:
-                report.failed.append((item.path, f"{item.path}: could not write outputs ({exc})."))
-        else:
-            still.append((item, fut))
-    return still

@@ -16,7 +16,7 @@ from genpercept_cli.bench import (
     MarigoldBaseline,
     Protocol,
     StageClock,
-    build_random_stages,
+    build_random_model,
     ddim_schedule,
     ddim_step,
     ensemble_median,
@@ -25,7 +25,8 @@ from genpercept_cli.bench import (
 )
 from genpercept_cli.cli import app
 from genpercept_cli.errors import GenPerceptError
-from genpercept_cli.pipeline import GenPerceptPipeline, measured_fast_path
+from genpercept_cli.pipeline import GenPerceptPipeline
+from genpercept_cli.runtime.device import measured_fast_path
 
 TASKS = ("depth", "normal", "seg")
 # Fast path vs the fp32 pipeline, predict_batch outputs in [0, 1] on the tiny models (measured max):
@@ -116,10 +117,10 @@ def test_sd21_presets_have_the_released_parameter_counts():
 # -- the Marigold baseline ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_pipe():
-    stages = build_random_stages("tiny", "vae", torch.device("cpu"), torch.float32)
+    model = build_random_model("tiny", "vae", torch.device("cpu"), torch.float32)
     from genpercept_cli.checkpoints import CheckpointSpec
 
-    return GenPerceptPipeline(stages, CheckpointSpec(name="tiny", task="depth", output="random"))
+    return GenPerceptPipeline(model, CheckpointSpec(name="tiny", task="depth", output="random"))
 
 
 @pytest.mark.parametrize("steps,ensemble,member_batch,calls", [(2, 3, 1, 6), (2, 3, 2, 4), (1, 1, 1, 1)])
@@ -181,9 +182,10 @@ def test_bf16_channels_last_matches_fp32_within_2e2(checkpoint_root, task):
 def test_tiled_decode_matches_full_decode_within_5e2(checkpoint_root):
     pipe = _pipes(checkpoint_root, "depth")
     with torch.inference_mode():
-        latent = pipe.denoise(pipe.encode(_rgb(192, 192)[:1]))  # [1,4,24,24]
-        full = pipe.head(pipe.decode(latent))
-        tiled = pipe.head(pipe.decode_tiled(latent, tile=16, overlap=8))
+        model = pipe.model
+        latent = model.denoise(model.encode(pipe.normalise(_rgb(192, 192)[:1])))  # [1,4,24,24]
+        full = model.head(model.decode(latent))
+        tiled = model.head(model.decode_tiled(latent, tile=16, overlap=8))
     assert tiled.shape == full.shape
     assert (tiled - full).abs().max() <= TILED_TOL
 
@@ -191,11 +193,11 @@ def test_tiled_decode_matches_full_decode_within_5e2(checkpoint_root):
 def test_tiled_decode_triggers_only_above_the_threshold(checkpoint_root, monkeypatch):
     pipe = _pipes(checkpoint_root, "depth").optimize(tiled_decode_above=48 * 64)
     used = []
-    monkeypatch.setattr(pipe, "decode_tiled", lambda latent: used.append(latent.shape) or torch.zeros(1))
+    monkeypatch.setattr(pipe.model, "decode_tiled", lambda latent: used.append(latent.shape) or torch.zeros(1))
     exact = _pipes(checkpoint_root, "depth").predict_batch(_rgb(48, 64))
     torch.testing.assert_close(pipe.predict_batch(_rgb(48, 64)), exact, atol=0, rtol=0)  # at the threshold
     with torch.inference_mode():
-        pipe.decode(torch.zeros(1, 4, 8, 9))
+        pipe.model.decode(torch.zeros(1, 4, 8, 9))
     assert used == [(1, 4, 8, 9)]
 
 

@@ -191,13 +191,15 @@ def test_tile_above_switches_to_tiled_decode(tmp_path, checkpoint_root, monkeypa
     src.mkdir()
     Image.fromarray(_rgb(96, 128, 0)).save(src / "wide.png")
     calls = []
-    real = GenPerceptPipeline.decode_tiled
+    from genpercept_cli.models import OneStepModel
+
+    real = OneStepModel.decode_tiled
 
     def small_tiles(self, z, *args, **kwargs):  # 4-latent-px tiles so a tiny image has several
         calls.append(tuple(z.shape))
         return real(self, z, 4, 2)
 
-    monkeypatch.setattr(GenPerceptPipeline, "decode_tiled", small_tiles)
+    monkeypatch.setattr(OneStepModel, "decode_tiled", small_tiles)
     args = [src, "-c", checkpoint_root / "unet_depth_v2", "--processing-res", "0"]
     assert _predict(*args, "-o", tmp_path / "a", "--tile-above", "0.01").exit_code == 0  # 12288 px > 10000
     assert calls == [(1, 4, 12, 16)]
@@ -450,7 +452,7 @@ def test_model_input_resizes_channel_by_channel_exactly(shape):
     import torch
 
     from genpercept_cli.pipeline import image_to_tensor, processed_size, resize_uint8
-    from genpercept_cli.predict import model_input
+    from genpercept_cli.resize import model_input
 
     image = _rgb(*shape, seed=sum(shape))
     for res in (0, 8, 32, 768):

@@ -1,0 +1,10 @@
+"""Model families and the DenseModel interface; importing this package registers the built-in families.
+
+    from genpercept_cli.models import build_model, register_family, DenseModel, Family
+"""
+
+from .base import FAMILIES, OUTPUT_KINDS, TASK_OUTPUT_KIND, DenseModel, Family, build_model, register_family
+from .one_step import OneStepModel, OneStepParams
+
+__all__ = ["FAMILIES", "OUTPUT_KINDS", "TASK_OUTPUT_KIND", "DenseModel", "Family", "OneStepModel",
+           "OneStepParams", "build_model", "register_family"]

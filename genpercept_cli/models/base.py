@@ -1,0 +1,68 @@
+"""What every model family provides, and the registry of families.
+
+A family turns a fetched checkpoint into a `DenseModel`: an `nn.Module` whose `forward` maps a batch of
+normalised images to the task's dense output. Everything around it (resizing, batching, precision,
+output files, scoring) is family-independent and lives in `pipeline`, `runtime` and the tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..checkpoints import OUTPUT_KINDS, TASK_OUTPUT_KIND  # noqa: F401  (re-exported)
+from ..errors import CheckpointError
+from ..resize import processed_size
+
+
+class DenseModel(nn.Module):
+    """A dense predictor.
+
+    forward(x): x float [B, 3, h, w] in [-1, 1] at the processed size -> float [B, C, h', w'] in [0, 1]
+    (C = `channels`; h', w' is the processed size or, for heads with a native size, that size; values
+    may be NaN where the computation overflowed, so callers can detect it).
+    """
+
+    task: str = ""
+    output_kind: str = ""
+    channels: int = 1
+
+    def processed_size(self, height: int, width: int, processing_res: int) -> tuple[int, int]:
+        """The size the model sees for an image of `height` x `width` (the family's size rule)."""
+        return processed_size(height, width, processing_res)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its name (a checkpoint spec's `family`) and how to build its model.
+
+    build(files, dtype) -> DenseModel on the CPU in `dtype`, weights frozen for inference (callers that
+    train switch `requires_grad` back on).
+    """
+
+    name: str
+    build: Callable[..., DenseModel]
+    doc: str = ""
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Make `family` buildable by name; a later registration of the same name replaces it."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def build_model(files, dtype: torch.dtype = torch.float32) -> DenseModel:
+    """The DenseModel of a fetched checkpoint (`checkpoints.CheckpointFiles`), by its spec's family."""
+    family = FAMILIES.get(files.spec.family)
+    if family is None:
+        raise CheckpointError(
+            f"checkpoint {files.spec.name!r} is of family {files.spec.family!r}, which this version does not "
+            f"know; known: {', '.join(FAMILIES)}."
+        )
+    return family.build(files, dtype)

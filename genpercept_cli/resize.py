@@ -1,0 +1,78 @@
+"""The size rule and the one resize of the tool (SPEC §3 step 1), used by every model and runner.
+
+    uint8 [H, W, 3] -> uint8 [1, 3, h, w]: long side to `processing_res` (floor), bilinear with antialias
+    computed in float and rounded, as torchvision v1 resizes uint8 tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import GenPerceptError
+
+MIN_SIDE = 8  # the VAE encoder halves three times; thinner inputs break its strided convolutions
+
+
+def check_processing_res(processing_res: int, name: str = "processing_res") -> int:
+    """Refuse a processing resolution no image can use; returns it. It must be 0 (native size) or at
+    least MIN_SIDE: the long side becomes `processing_res` and the short side is no longer."""
+    if processing_res != 0 and processing_res < MIN_SIDE:
+        raise GenPerceptError(
+            f"{name} must be 0 (native size) or at least {MIN_SIDE} pixels, the model's smallest side; "
+            f"got {processing_res}."
+        )
+    return processing_res
+
+
+def processed_size(height: int, width: int, processing_res: int) -> tuple[int, int]:
+    """(h, w) after scaling the long side to `processing_res` (floor); 0 keeps the native size.
+
+    Raises GenPerceptError when the short side would be under MIN_SIDE pixels; the message gives sizes
+    as width x height, the way image sizes are written.
+    """
+    if processing_res == 0:
+        size = height, width
+    else:
+        scale = min(processing_res / width, processing_res / height)
+        size = int(height * scale), int(width * scale)
+    if min(size) < MIN_SIDE:
+        becomes = (f"becomes {size[1]}x{size[0]} at processing resolution {processing_res}" if processing_res
+                   else "at its native size")
+        raise GenPerceptError(
+            f"the image is too thin: {width}x{height} {becomes}, and the model needs at least {MIN_SIDE} "
+            "pixels a side."
+        )
+    return size
+
+
+def resize_float(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize with antialias of a float tensor [B, C, H, W] (the one resize of the tool)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> uint8 [B, 3, h, w] as torchvision v1 does for tensors: float, resize, round.
+
+    Torch's native uint8 antialias kernel differs by +-1 on ~20% of pixels, so it is not used.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return resize_float(x.float(), size).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> uint8 [1, 3, H, W]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].contiguous()
+
+
+def model_input(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 [H, W, 3] -> the model's uint8 [1, 3, h, w]: `resize_uint8` one channel at a time.
+
+    The resize works on each channel alone, so the result is the same as resizing all three at once,
+    while the float32 working copy is one channel (H*W*4 bytes) instead of three.
+    """
+    return torch.cat([resize_uint8(image_to_tensor(image[..., c : c + 1]), size) for c in range(3)], dim=1)

@@ -1,0 +1,234 @@
+"""The one loop every command runs: `predict` writes files, `eval` scores, `bench-speed` times.
+
+    jobs -> (shard) -> bucket by processed size -> load in reader threads, a bounded distance ahead
+    -> batches of one size -> model (out-of-memory halves the batch) -> post-process -> sink
+
+The sink differs per command (a writer, a scorer, nothing); the loop does not. Jobs whose processed
+size is known up front (image headers) are bucketed before loading, so every batch is full; jobs whose
+size is known only once loaded (benchmark samples) are grouped as they arrive, holding at most
+`2 * batch_size` loaded inputs. Batching is exact: the maths is per sample.
+
+Timing goes through `clock.stage(name, sync)` around reading ("load"), post-processing ("postprocess")
+and the sink ("write"); `bench-speed` passes its clock, everyone else the null clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import GenPerceptError
+
+
+@dataclass(frozen=True)
+class Job:
+    """One item of work: `index` is the caller's position (image list, dataset index); `size` the
+    processed (h, w) when it is known before loading, else None."""
+
+    index: int
+    size: tuple[int, int] | None = None
+
+
+@dataclass
+class Loaded:
+    """A loaded job: the model input, the size the prediction goes back to, and what the sink needs."""
+
+    job: Job
+    rgb: torch.Tensor  # uint8 [1, 3, h, w] at the processed size
+    size: tuple[int, int]  # (H, W) of the input image: post-processing resizes the prediction to it
+    context: Any = None
+
+
+class SkipJob(Exception):
+    """Raised by `load` for a job that cannot or need not run; its message is the job's failure."""
+
+
+@dataclass
+class RunReport:
+    done: int = 0  # jobs whose prediction reached the sink without a problem
+    failed: list[tuple[Job, str]] = field(default_factory=list)  # (job, one-sentence reason)
+
+
+class NullClock:
+    def stage(self, name: str, sync: bool = True):
+        return nullcontext()
+
+
+def run(
+    pipe,
+    jobs: Iterable[Job],
+    load: Callable[[Job], Loaded],
+    sink: Callable[[Loaded, Any], str | None],
+    *,
+    batch_size: int = 1,
+    workers: int = 4,
+    sink_workers: int = 2,
+    overlap: bool = True,
+    describe: Callable[[Job], str] = lambda job: f"item {job.index}",
+    shard: Callable[[list[Job]], list[Job]] | None = None,
+    after_batch: Callable[[], None] | None = None,
+    clock=None,
+    progress=None,
+    task_id=None,
+) -> RunReport:
+    """Run `pipe` (a `GenPerceptPipeline`) over `jobs`; failures are reported, never raised.
+
+    load(job) -> Loaded, in reader threads (raise SkipJob or a GenPerceptError to fail the job).
+    sink(loaded, prediction) -> None, or a one-sentence problem; `prediction` is the post-processed
+    numpy array at `loaded.size`. Sinks run in `sink_workers` threads (1 keeps a scorer single-threaded).
+    overlap=False runs everything in series in this thread (the reference's loop, for bench-speed).
+    shard(jobs) -> the jobs this process runs (data-parallel runs); after_batch() runs after each batch.
+    """
+    jobs = list(jobs)
+    if shard is not None:
+        jobs = shard(jobs)
+    if jobs and all(job.size is not None for job in jobs):
+        jobs = _bucketed(jobs)
+    clock = clock or NullClock()
+    report = RunReport()
+    advance = (lambda: progress.advance(task_id)) if progress is not None else (lambda: None)
+
+    def timed_load(job: Job) -> Loaded:
+        with clock.stage("load", sync=False):
+            return load(job)
+
+    def timed_sink(loaded: Loaded, prediction) -> str | None:
+        with clock.stage("write", sync=False):
+            return sink(loaded, prediction)
+
+    readers = ThreadPoolExecutor(workers, thread_name_prefix="genpercept-read") if overlap else None
+    writers = ThreadPoolExecutor(sink_workers, thread_name_prefix="genpercept-sink") if overlap else None
+    pending: list[tuple[Loaded, Future]] = []
+    try:
+        loaded_stream = _loaded(readers, timed_load, jobs, ahead=batch_size + workers)
+        for batch in _batches(loaded_stream, batch_size, report, advance):
+            predictions = _predict_or_split(pipe, batch, report, describe)
+            for loaded, pred in zip(batch, predictions):
+                if pred is not None:
+                    with clock.stage("postprocess"):
+                        array = pipe.postprocess(pred, loaded.size)
+                    if writers is None:
+                        _account(loaded, _call_sink(timed_sink, loaded, array, describe), report)
+                    else:
+                        pending.append((loaded, writers.submit(_call_sink, timed_sink, loaded, array, describe)))
+                        pending = _collect(pending, report, keep=2 * sink_workers)
+                advance()
+            if after_batch is not None:
+                after_batch()
+        _collect(pending, report, keep=0)
+    finally:  # on Ctrl-C/SIGTERM or a bug: drop queued work, let running sinks finish
+        for pool in (readers, writers):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+    report.failed.sort(key=lambda failure: failure[0].index)
+    return report
+
+
+def _bucketed(jobs: list[Job]) -> list[Job]:
+    """Jobs grouped by processed size (sizes in order of first appearance, jobs in order within)."""
+    buckets: dict[tuple[int, int], list[Job]] = {}
+    for job in jobs:
+        buckets.setdefault(job.size, []).append(job)
+    return [job for bucket in buckets.values() for job in bucket]
+
+
+def _loaded(pool: ThreadPoolExecutor | None, load, jobs: list[Job], ahead: int) -> Iterator[tuple[Job, Future]]:
+    """(job, future of load(job)) in job order, at most `ahead` loads submitted and not yet handed out."""
+    if pool is None:
+        for job in jobs:
+            future: Future = Future()
+            try:
+                future.set_result(load(job))
+            except Exception as exc:  # reported by _batches, like a reader thread's failure
+                future.set_exception(exc)
+            yield job, future
+        return
+    queue: deque[tuple[Job, Future]] = deque((job, pool.submit(load, job)) for job in jobs[:ahead])
+    for job in jobs[ahead:]:
+        yield queue.popleft()
+        queue.append((job, pool.submit(load, job)))
+    while queue:
+        yield queue.popleft()
+
+
+def _batches(stream, batch_size: int, report: RunReport, advance) -> Iterator[list[Loaded]]:
+    """Loaded jobs grouped by processed size into batches of at most `batch_size`.
+
+    A size's batch is handed out when full; when `2 * batch_size` inputs are held, the oldest size is
+    handed out as it is; at the end every remainder, oldest size first.
+    """
+    held: dict[tuple[int, int], list[Loaded]] = {}
+    count = 0
+    for job, future in stream:
+        try:
+            loaded = future.result()
+        except (SkipJob, GenPerceptError) as exc:
+            report.failed.append((job, str(exc)))
+            advance()
+            continue
+        size = tuple(loaded.rgb.shape[-2:])
+        group = held.setdefault(size, [])
+        group.append(loaded)
+        count += 1
+        if len(group) == batch_size:
+            count -= len(held.pop(size))
+            yield group
+        elif count >= 2 * batch_size:
+            oldest = next(iter(held))
+            count -= len(held[oldest])
+            yield held.pop(oldest)
+    yield from held.values()
+
+
+def _predict_or_split(pipe, batch: list[Loaded], report: RunReport, describe) -> list:
+    """Predictions for one batch; on out-of-memory the batch is halved until single inputs fail.
+
+    Failed inputs get None and a line in the report."""
+    try:
+        return list(pipe.predict_batch(torch.cat([loaded.rgb for loaded in batch])))
+    except torch.OutOfMemoryError:
+        if len(batch) > 1:
+            half = len(batch) // 2
+            return (_predict_or_split(pipe, batch[:half], report, describe)
+                    + _predict_or_split(pipe, batch[half:], report, describe))
+        loaded = batch[0]
+        h, w = loaded.rgb.shape[-2:]
+        report.failed.append((loaded.job, f"{describe(loaded.job)}: out of memory at {w}x{h}; "
+                                          "lower --processing-res."))
+    except GenPerceptError as exc:
+        report.failed.extend((loaded.job, f"{describe(loaded.job)}: {exc}") for loaded in batch)
+    except RuntimeError as exc:  # e.g. the CPU allocator out of memory: fail these inputs, keep going
+        reason = str(exc).splitlines()[0][:200]
+        report.failed.extend((loaded.job, f"{describe(loaded.job)}: the model failed ({reason}).") for loaded in batch)
+    return [None] * len(batch)
+
+
+def _call_sink(sink, loaded: Loaded, array, describe) -> str | None:
+    try:
+        return sink(loaded, array)
+    except (OSError, ValueError, GenPerceptError) as exc:
+        return f"{describe(loaded.job)}: could not write outputs ({exc})."
+
+
+def _account(loaded: Loaded, problem: str | None, report: RunReport) -> None:
+    if problem is None:
+        report.done += 1
+    else:
+        report.failed.append((loaded.job, problem))
+
+
+def _collect(pending: list[tuple[Loaded, Future]], report: RunReport, keep: int) -> list:
+    """Account finished sinks, waiting for the oldest until at most `keep` are pending; returns those."""
+    still = []
+    for i, (loaded, future) in enumerate(pending):
+        if not future.done() and len(pending) - i <= keep:
+            still.append((loaded, future))
+            continue
+        _account(loaded, future.result(), report)
+    return still
