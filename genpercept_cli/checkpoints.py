@@ -91,8 +91,8 @@ class CheckpointFiles:
     """Local folders of a fetched checkpoint."""
 
     spec: CheckpointSpec
-    unet_dir: Path
-    vae_dir: Path
+    unet_dir: Path  # the U-Net folder; for other families, the checkpoint folder
+    vae_dir: Path | None
     dpt_dir: Path | None = None
 
 
@@ -129,8 +129,14 @@ def _find_dpt_dir(*parents: Path) -> Path | None:
 
 
 def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
-    """A local folder: a per-task repo (`unet_*` + `vae/`) or a `unet_*` folder whose parent has `vae/`."""
+    """A local folder: a per-task repo (`unet_*` + `vae/`) or a `unet_*` folder whose parent has `vae/`;
+    or any folder whose `genpercept.json` names another family (its builder reads the folder)."""
     _refuse_part_folder(folder)
+    declared = _read_spec_file(folder)
+    if declared.get("family", "genpercept") != "genpercept":
+        task = _check_task(task, declared.get("task"), str(folder))
+        extra = {k: declared[k] for k in ("family", "family_params", "output_kind", "processing_res") if k in declared}
+        return CheckpointSpec(name=str(folder), task=task, output=_DEFAULT_OUTPUT[task], unet_dir=folder, **extra)
     if (folder / "config.json").is_file() and (folder.parent / "vae").is_dir():
         unet_dir, vae_dir = folder, folder.parent / "vae"
     elif (folder / "vae").is_dir():
@@ -384,7 +390,7 @@ def fetch_checkpoint(
     with one sentence naming the files and where to put them when they cannot be had.
     """
     if spec.is_local:
-        for folder in (spec.unet_dir, spec.vae_dir):
+        for folder in (spec.unet_dir, spec.vae_dir) if spec.family == "genpercept" else ():
             missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
             if missing:
                 raise CheckpointError(f"{folder} lacks {', '.join(missing)}; copy them from the released checkpoint.")
