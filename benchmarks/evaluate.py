@@ -25,6 +25,7 @@ import numpy as np
 from genpercept_cli.errors import GenPerceptError
 
 from .datasets import EvalDataset, Sample, get_dataset
+from .scorers import DISScorer, make_scorer
 
 # dataset name -> (section, key) in paper_results.toml
 PAPER_KEYS = {
@@ -90,101 +91,6 @@ def _finite_or_none(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-# -- scorers: one per task ------------------------------------------------------------------------
-class DepthScorer:
-    def __init__(self, ds: EvalDataset, space: str, subsample: str):
-        from .metrics.depth import DEPTH_METRIC_KEYS
-
-        self.ds, self.space, self.subsample, self.keys = ds, space, subsample, DEPTH_METRIC_KEYS
-        self.rows: list[dict] = []
-
-    def update(self, sample: Sample, pred: np.ndarray) -> dict:
-        from .metrics.depth import align_depth, depth_metrics
-
-        ds = self.ds
-        aligned = align_depth(pred, sample.gt, sample.valid, self.space, ds.min_depth, ds.max_depth,
-                              ds.align_max_samples, ds.pred_clip, self.subsample)
-        row = depth_metrics(aligned, sample.gt, sample.valid)
-        self.rows.append(row)
-        return row
-
-    def compute(self) -> dict:
-        return {k: float(np.mean([r[k] for r in self.rows])) for k in self.keys}
-
-
-class NormalScorer:
-    def __init__(self, mode: str, flip: str):
-        from .metrics.normal import NormalAccumulator
-
-        self.acc, self.flip = NormalAccumulator(mode), flip
-
-    def update(self, sample: Sample, pred: np.ndarray) -> dict:
-        from .metrics.normal import angular_error_deg, apply_axis_flips, normal_metrics
-
-        errors = angular_error_deg(apply_axis_flips(pred, self.flip), sample.gt, sample.valid)
-        self.acc.update(errors)
-        return normal_metrics(errors) if errors.size else {}
-
-    def compute(self) -> dict:
-        return self.acc.compute()
-
-
-class DISScorer:
-    """Per subset (DIS-TE1..4 in `dis-te`), then the overall score is the mean of the subsets."""
-
-    def __init__(self, with_hce: bool, variant: str):
-        self.with_hce, self.variant = with_hce, variant
-        self.accs: dict[str, object] = {}
-
-    def update(self, sample: Sample, pred: np.ndarray) -> dict:
-        from .metrics.dis import DISAccumulator
-
-        subset = sample.extra.get("subset", "all")
-        acc = self.accs.setdefault(subset, DISAccumulator(with_hce=self.with_hce))
-        return acc.update(pred, sample.gt, hce_variant=self.variant)  # quantised to uint8 like an 8-bit PNG
-
-    def subsets(self) -> dict:
-        return {name: acc.compute() for name, acc in self.accs.items()} if len(self.accs) > 1 else {}
-
-    def compute(self) -> dict:
-        scores = [acc.compute() for acc in self.accs.values()]
-        return {k: (None if scores[0][k] is None else float(np.mean([s[k] for s in scores]))) for k in scores[0]}
-
-
-class MattingScorer:
-    def __init__(self):
-        from .metrics.matting import MattingAccumulator
-
-        self.acc = MattingAccumulator()
-
-    def update(self, sample: Sample, pred: np.ndarray) -> dict:
-        return self.acc.update(pred.astype(np.float64), sample.gt, sample.extra.get("trimap"))
-
-    def compute(self) -> dict:
-        return self.acc.compute()
-
-
-class SegScorer:
-    def __init__(self, convention: str, metric: str):
-        from .metrics.seg import SegAccumulator
-
-        self.acc, self.metric = SegAccumulator(convention=convention), metric
-
-    def update(self, sample: Sample, pred: np.ndarray) -> dict:
-        from .metrics.seg import confusion_matrix, decode_seg_prediction, iou_per_class
-
-        ids = pred if pred.ndim == 2 else decode_seg_prediction(pred, self.metric)
-        self.acc.update(ids, sample.gt)
-        matrix = confusion_matrix(ids, sample.gt)
-        labelled = matrix.sum()
-        iou = iou_per_class(matrix, self.acc.convention)[1:]
-        return {"miou": 100.0 * float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
-                "pixel_acc": 100.0 * float(np.trace(matrix)) / labelled if labelled else float("nan")}
-
-    def compute(self) -> dict:
-        return self.acc.compute()
 
 
 # -- predictions ----------------------------------------------------------------------------------
@@ -262,18 +168,6 @@ def _prefetch(ds: EvalDataset, depth: int = 4) -> Iterator[Sample]:
 
 
 # -- the run --------------------------------------------------------------------------------------
-def make_scorer(ds: EvalDataset, opts: EvalOptions, space: str):
-    if ds.task == "depth":
-        return DepthScorer(ds, space, opts.eth3d_subsample)
-    if ds.task == "normal":
-        return NormalScorer(opts.normal_mode, opts.normal_flip)
-    if ds.task == "dis":
-        return DISScorer(opts.with_hce, opts.hce_variant)
-    if ds.task == "matting":
-        return MattingScorer()
-    return SegScorer(opts.seg_convention, opts.seg_metric)
-
-
 def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
     """Run one benchmark; `pipe` (a loaded GenPerceptPipeline) is used instead of loading one."""
     if (opts.checkpoint is None) == (opts.predictions is None) and pipe is None:
@@ -299,8 +193,8 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
     scorer = make_scorer(ds, opts, space)
     rows, problems = [], []
     task_id = progress.add_task(f"eval {opts.dataset}", total=len(ds)) if progress else None
-    for sample in _prefetch(ds):
-        problem = _score_sample(sample, ds, opts, pipe, res, scorer, rows)
+    for index, sample in enumerate(_prefetch(ds)):
+        problem = _score_sample(index, sample, ds, opts, pipe, res, scorer, rows)
         if problem is not None:
             problems.append(f"{sample.key}: {problem}")
         if progress is not None:
@@ -319,18 +213,19 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
     )
 
 
-def _score_sample(sample: Sample, ds: EvalDataset, opts: EvalOptions, pipe, res: int, scorer, rows: list) -> str | None:
-    """Score one sample into `scorer` and `rows`; returns why it could not be scored, or None."""
+def _score_sample(index: int, sample: Sample, ds: EvalDataset, opts: EvalOptions, pipe, res: int, scorer,
+                  rows: list) -> str | None:
+    """Score sample `index` of `ds` into `scorer` and `rows`; returns why it could not be scored, or None."""
     if ds.task in ("depth", "normal") and not sample.valid.any():
         return "the ground truth has no valid pixel, so there is nothing to score"  # the model is not run
     pred, problem = _prediction_for(sample, ds, opts, pipe, res)
     if problem is not None:
         return f"prediction {problem}"
     try:
-        row = scorer.update(sample, pred)
+        row = scorer.update(index, sample, pred)
     except ValueError as exc:  # e.g. no positive prediction to fit in disparity space
         return f"prediction cannot be scored ({exc})"
-    rows.append({"key": sample.key, **{k: v for k, v in row.items() if k != "name"}})
+    rows.append({k: v for k, v in row.items() if k not in ("index", "name")})  # "key" first, as in the CSV
     return None
 
 

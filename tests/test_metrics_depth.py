@@ -283,3 +283,14 @@ def test_align_depth_clip_order_range_then_pred_clip_then_1e6():
 def test_align_depth_bad_space_raises():
     with pytest.raises(ValueError, match="space"):
         align_depth(np.ones((2, 2)), np.ones((2, 2)), _all_valid((2, 2)), "inverse", 0.1, 10.0)
+
+
+def test_align_depth_metric_space_fits_nothing_and_only_clips():
+    gt = np.array([[1.0, 2.0, 4.0, 1.0]])
+    pred = np.array([[2.0, 4.0, 400.0, -1.0]])  # twice the GT: metric depth keeps the error
+    valid = np.array([[True, True, True, False]])
+    np.testing.assert_array_equal(align_depth(pred, gt, valid, "metric", 1e-3, 10.0), [[2.0, 4.0, 10.0, 1e-3]])
+    diode = align_depth(pred, gt, valid, "metric", None, None, pred_clip=(0.6, 350.0))
+    np.testing.assert_array_equal(diode, [[2.0, 4.0, 350.0, 0.6]])
+    near = align_depth(pred[:, :2], gt[:, :2], valid[:, :2], "metric")
+    assert depth_metrics(near, gt[:, :2], valid[:, :2])["absrel"] == 1.0

@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks.metrics.normal import (
     NORMAL_METRIC_KEYS,
+    NORMAL_MODES,
     NormalAccumulator,
     angular_error_deg,
     apply_axis_flips,
@@ -144,3 +145,26 @@ def test_accumulator_default_is_pooled_and_empty_compute_raises():
         acc.compute()
     with pytest.raises(ValueError, match="mode"):
         NormalAccumulator("mean")
+
+
+@pytest.mark.parametrize("mode", NORMAL_MODES)
+def test_accumulator_reduces_in_index_order_and_merges_exactly(mode):
+    rng = np.random.default_rng(3)
+    chunks = [rng.uniform(0, 60, size) for size in (100, 37, 501, 64)]
+    in_order = NormalAccumulator(mode)
+    for chunk in chunks:
+        in_order.update(chunk)
+    shuffled = NormalAccumulator(mode)
+    for index in (2, 0, 3, 1):
+        shuffled.update(chunks[index], index=index)
+    assert shuffled.compute() == in_order.compute()
+    parts = [NormalAccumulator(mode), NormalAccumulator(mode)]
+    for index, chunk in enumerate(chunks):
+        parts[index % 2].update(chunk, index=index)
+    merged = NormalAccumulator(mode)
+    merged.merge([part.state() for part in parts])
+    assert merged.compute() == in_order.compute() and merged.num_images == 4
+    with pytest.raises(ValueError, match="image 1 was already added"):
+        merged.update(chunks[1], index=1)
+    with pytest.raises(ValueError, match="cannot merge"):
+        NormalAccumulator("pooled" if mode == "per_image" else "per_image").merge([merged.state()])

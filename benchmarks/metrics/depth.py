@@ -1,7 +1,8 @@
 """Affine alignment and error metrics for affine-invariant depth (SPEC §6.1, the Marigold protocol).
 
 Per image: fit a scale and shift of the prediction to the ground truth on valid pixels (in depth or in
-disparity space), clip to the dataset's depth range, then compute the metrics on the valid pixels.
+disparity space; not at all for metric depth), clip to the dataset's depth range, then compute the
+metrics on the valid pixels.
 All arithmetic is float64; depths are in metres.
 """
 
@@ -12,7 +13,7 @@ DEPTH_METRIC_KEYS = (
 )
 
 SUBSAMPLE_MODES = ("reference", "uniform")
-DEPTH_SPACES = ("depth", "disparity")
+DEPTH_SPACES = ("depth", "disparity", "metric")
 
 MIN_ALIGNED_DISPARITY = 1e-3  # keeps the inverted depth finite where the fit goes negative
 MIN_ALIGNED_DEPTH = 1e-6  # keeps logs and reciprocals in the metrics finite
@@ -120,11 +121,12 @@ def align_depth(
 ) -> np.ndarray:
     """Align an affine-invariant prediction to metric GT depth and clip it (SPEC §6.1).
 
-    pred: float [H, W], the model's output (depth-like or disparity-like per `space`).
+    pred: float [H, W], the model's output (depth-like, disparity-like or metres per `space`).
     gt: float [H, W] metric depth in metres; valid: bool [H, W], GT > 0 wherever valid.
     space: "depth" fits pred to gt; "disparity" fits pred to 1 / gt on the valid pixels that also have
     gt > 0 and pred > 0 (the reference's mask: a saturated model writes exact zeros, which must not
-    pull the fit), clips the aligned disparity at >= 1e-3 and inverts it to depth.
+    pull the fit), clips the aligned disparity at >= 1e-3 and inverts it to depth; "metric" takes pred as
+    depth in metres and fits nothing.
     Then, in this order: clip to [min_depth, max_depth] (None = unbounded); clip to pred_clip = (lo, hi)
     when given (DIODE's [0.6, 350]); clip to >= 1e-6.
     Returns float64 [H, W] depth in metres.
@@ -133,7 +135,9 @@ def align_depth(
         raise ValueError(f"space must be one of {DEPTH_SPACES}, got {space!r}")
     pred, gt, valid = np.asarray(pred), np.asarray(gt, dtype=np.float64), np.asarray(valid, dtype=bool)
     _check_same_shape(pred, gt, valid)
-    if space == "depth":
+    if space == "metric":
+        depth = pred.astype(np.float64)
+    elif space == "depth":
         depth, _, _ = align_least_squares(pred, gt, valid, max_samples, subsample)
     else:
         fit_mask = valid & (gt > 0) & (pred > 0)

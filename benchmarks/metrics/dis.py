@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from benchmarks.metrics.hce import PolyVariant, hce
+from benchmarks.metrics.merge import check_new_index, check_settings, union_by_index
 
 EPS = np.spacing(1)  # the epsilon of PySODMetrics (2.2e-16)
 F_BETA2 = 0.3  # beta^2 of the (max/mean) F-measure
@@ -256,13 +257,17 @@ class DISAccumulator:
     with_hce: compute HCE (the slowest metric: ~0.2 s for a 1024x1024 image on one CPU core, ~0.05 s of
         it without the skeleton when one is cached); when False the ``hce`` value of :meth:`compute` and
         of the rows is None.
+
+    Each image is kept under its index (its position in the dataset) and :meth:`compute` averages in index
+    order, so :meth:`merge` of the states of accumulators that saw disjoint images gives the same floats as
+    one accumulator that saw them all.
     """
 
     def __init__(self, with_hce: bool = True) -> None:
         self.with_hce = with_hce
-        self._f_curves: list[np.ndarray] = []
-        self._e_curves: list[np.ndarray] = []
-        self._rows: list[dict[str, Any]] = []
+        # index -> (F curve float64 [256], E curve float64 [256], row)
+        self._images: dict[int, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
+        self._next_index = 0
 
     def update(
         self,
@@ -271,6 +276,7 @@ class DISAccumulator:
         hce_variant: PolyVariant = "line",
         skeleton: np.ndarray | None = None,
         name: str | None = None,
+        index: int | None = None,
     ) -> dict[str, Any]:
         """Add one image and return its row.
 
@@ -279,14 +285,15 @@ class DISAccumulator:
         hce_variant: approxPolyDP distance for HCE (``"line"``: OpenCV <= 4.12, the published numbers).
         skeleton: optional cached GT skeleton, bool or uint8 [H, W]; computed when None.
         name: optional image identifier stored in the row.
+        index: the image's position in the dataset (default: after the last one added).
         """
+        index = self._next_index if index is None else int(index)
+        check_new_index(index, self._images, "DIS accumulator")
         gt_bool = binarize_gt(gt)
         pred_u8 = resize_to_gt(to_uint8_prediction(pred), gt_bool.shape)  # HCE reads these raw levels
         pred_norm, _ = prepare_dis(pred_u8, gt_bool)  # already uint8 at GT size: no second pass
         f_curve = fmeasure_curve(pred_norm, gt_bool)
         e_curve = emeasure_curve(pred_norm, gt_bool)
-        self._f_curves.append(f_curve)
-        self._e_curves.append(e_curve)
         row: dict[str, Any] = {} if name is None else {"name": name}
         row.update(
             maxf=float(f_curve.max()),
@@ -297,7 +304,8 @@ class DISAccumulator:
             em=float(e_curve.mean()),
             hce=self._hce(pred_u8, gt_bool, skeleton, hce_variant),
         )
-        self._rows.append(row)
+        self._images[index] = (f_curve, e_curve, row)  # only once every metric succeeded
+        self._next_index = max(self._next_index, index + 1)
         return row
 
     def _hce(
@@ -308,21 +316,37 @@ class DISAccumulator:
             return None
         return hce(pred_u8, gt.astype(np.uint8) * 255, skeleton, variant)
 
+    def state(self) -> dict[str, Any]:
+        """{"settings": {"with_hce"}, "images": {index: (F curve, E curve, row)}}: picklable, for merge."""
+        images = {i: (f, e, dict(row)) for i, (f, e, row) in self._images.items()}
+        return {"settings": {"with_hce": self.with_hce}, "images": images}
+
+    def merge(self, states: list[dict[str, Any]]) -> None:
+        """Replace what this accumulator holds by the union of ``states`` (from :meth:`state` of
+        accumulators with the same ``with_hce`` that saw disjoint images); raises ValueError otherwise."""
+        check_settings(states, {"with_hce": self.with_hce}, "DIS accumulator")
+        self._images = union_by_index((s["images"] for s in states), "DIS accumulator")
+        self._next_index = max(self._images, default=-1) + 1
+
+    def _in_order(self) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+        return [self._images[i] for i in sorted(self._images)]
+
     def compute(self) -> dict[str, float | None]:
         """Dataset scores: maxf, meanf (max/mean of the image-averaged F curve), wf, mae, sm, em, hce."""
-        if not self._rows:
+        if not self._images:
             raise ValueError("no images were added to the DIS accumulator")
-        f_curve = np.mean(self._f_curves, axis=0)
+        f_curves, e_curves, rows = zip(*self._in_order(), strict=True)
+        f_curve = np.mean(f_curves, axis=0)
         scores: dict[str, float | None] = {"maxf": float(f_curve.max()), "meanf": float(f_curve.mean())}
         for key in ("wf", "mae", "sm"):
-            scores[key] = float(np.mean([row[key] for row in self._rows]))
-        scores["em"] = float(np.mean(self._e_curves, axis=0).mean())
-        scores["hce"] = float(np.mean([row["hce"] for row in self._rows])) if self.with_hce else None
+            scores[key] = float(np.mean([row[key] for row in rows]))
+        scores["em"] = float(np.mean(e_curves, axis=0).mean())
+        scores["hce"] = float(np.mean([row["hce"] for row in rows])) if self.with_hce else None
         return scores
 
     def per_image_rows(self) -> list[dict[str, Any]]:
-        """One dict per image (name if given, maxf, meanf, wf, mae, sm, em, hce), in update order."""
-        return [dict(row) for row in self._rows]
+        """One dict per image (name if given, maxf, meanf, wf, mae, sm, em, hce), in index order."""
+        return [dict(row) for _, _, row in self._in_order()]
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._images)

@@ -18,6 +18,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import label
 
+from benchmarks.metrics.merge import check_new_index, check_settings, union_by_index
+
 GRAD_SIGMA = 1.4
 CONN_STEP = 0.1
 CONN_THETA = 0.15  # Conn ignores a deviation from the connectivity level smaller than this
@@ -180,11 +182,16 @@ class MattingAccumulator:
     """Collects per-image matting metrics; :meth:`compute` averages each key over the images.
 
     conn_skip_empty_levels: the P3M Conn quirk (see :func:`connectivity_error`), on by default.
+
+    Each row is kept under its image's index (its position in the dataset) and :meth:`compute` averages
+    in index order, so :meth:`merge` of the states of accumulators that saw disjoint images gives the same
+    floats as one accumulator that saw them all.
     """
 
     def __init__(self, conn_skip_empty_levels: bool = True) -> None:
         self.conn_skip_empty_levels = conn_skip_empty_levels
-        self._rows: list[dict[str, Any]] = []
+        self._rows: dict[int, dict[str, Any]] = {}  # index -> row
+        self._next_index = 0
 
     def update(
         self,
@@ -192,23 +199,43 @@ class MattingAccumulator:
         alpha: np.ndarray,
         trimap: np.ndarray | None = None,
         name: str | None = None,
+        index: int | None = None,
     ) -> dict[str, Any]:
-        """Add one image (arguments as :func:`matting_metrics`) and return its row."""
+        """Add one image (arguments as :func:`matting_metrics`) and return its row.
+
+        index: the image's position in the dataset (default: after the last one added).
+        """
+        index = self._next_index if index is None else int(index)
+        check_new_index(index, self._rows, "matting accumulator")
         row: dict[str, Any] = {} if name is None else {"name": name}
         row.update(matting_metrics(pred, alpha, trimap, self.conn_skip_empty_levels))
-        self._rows.append(row)
+        self._rows[index] = row
+        self._next_index = max(self._next_index, index + 1)
         return row
+
+    def state(self) -> dict[str, Any]:
+        """{"settings": {"conn_skip_empty_levels"}, "images": {index: row}}: picklable, for :meth:`merge`."""
+        rows = {i: dict(row) for i, row in self._rows.items()}
+        return {"settings": {"conn_skip_empty_levels": self.conn_skip_empty_levels}, "images": rows}
+
+    def merge(self, states: list[dict[str, Any]]) -> None:
+        """Replace what this accumulator holds by the union of ``states`` (from :meth:`state` of
+        accumulators with the same settings that saw disjoint images); raises ValueError otherwise."""
+        check_settings(states, {"conn_skip_empty_levels": self.conn_skip_empty_levels}, "matting accumulator")
+        self._rows = union_by_index((s["images"] for s in states), "matting accumulator")
+        self._next_index = max(self._rows, default=-1) + 1
 
     def compute(self) -> dict[str, float]:
         """Mean over images of every metric; trimap keys only when every image had a trimap."""
         if not self._rows:
             raise ValueError("no images were added to the matting accumulator")
-        keys = [k for k in self._rows[0] if k != "name" and all(k in row for row in self._rows)]
-        return {k: float(np.mean([row[k] for row in self._rows])) for k in keys}
+        rows = [self._rows[i] for i in sorted(self._rows)]
+        keys = [k for k in rows[0] if k != "name" and all(k in row for row in rows)]
+        return {k: float(np.mean([row[k] for row in rows])) for k in keys}
 
     def per_image_rows(self) -> list[dict[str, Any]]:
-        """One dict per image (name if given and every metric), in update order."""
-        return [dict(row) for row in self._rows]
+        """One dict per image (name if given and every metric), in index order."""
+        return [dict(self._rows[i]) for i in sorted(self._rows)]
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -6,6 +6,8 @@ y up, z toward the camera. DSINE's evaluation data stores x left, y up, z toward
 
 import numpy as np
 
+from benchmarks.metrics.merge import check_new_index, check_settings, union_by_index
+
 NORMAL_METRIC_KEYS = ("mean", "median", "rmse", "a5", "a7_5", "a11_25", "a22_5", "a30")
 NORMAL_THRESHOLDS_DEG = (5.0, 7.5, 11.25, 22.5, 30.0)
 NORMAL_MODES = ("pooled", "per_image")
@@ -93,37 +95,61 @@ class NormalAccumulator:
     median (4 bytes a pixel).
     mode="per_image" (Marigold): metrics per image, then the mean of each metric over images.
     Images without a valid pixel contribute nothing in either mode.
+
+    Each image is kept under its index (its position in the dataset) and `compute` reduces in index
+    order, so `merge` of the states of accumulators that saw disjoint images gives the same floats as
+    one accumulator that saw them all.
     """
 
     def __init__(self, mode: str = "pooled"):
         if mode not in NORMAL_MODES:
             raise ValueError(f"mode must be one of {NORMAL_MODES}, got {mode!r}")
         self.mode = mode
-        self._sums = np.zeros(3 + len(NORMAL_THRESHOLDS_DEG), dtype=np.float64)  # see _error_sums
-        self._errors: list[np.ndarray] = []
-        self._per_image: list[dict[str, float]] = []
+        # index -> pooled: (float64 [7] sums, see _error_sums; float32 [N] errors), per_image: metrics
+        self._images: dict[int, tuple[np.ndarray, np.ndarray] | dict[str, float]] = {}
+        self._next_index = 0
 
     @property
     def num_images(self) -> int:
         """Images with at least one valid pixel seen so far."""
-        return len(self._errors) if self.mode == "pooled" else len(self._per_image)
+        return len(self._images)
 
-    def update(self, errors_deg: np.ndarray) -> None:
-        """Add one image's angular errors, float [N] degrees (from `angular_error_deg`)."""
+    def update(self, errors_deg: np.ndarray, index: int | None = None) -> None:
+        """Add one image's angular errors, float [N] degrees (from `angular_error_deg`).
+
+        index: the image's position in the dataset (default: after the last one added).
+        """
+        index = self._next_index if index is None else int(index)
+        check_new_index(index, self._images, "normal accumulator")
+        self._next_index = max(self._next_index, index + 1)
         errors = np.asarray(errors_deg, dtype=np.float64).ravel()
         if errors.size == 0:
             return
         if self.mode == "per_image":
-            self._per_image.append(normal_metrics(errors))
-            return
-        self._sums += _error_sums(errors)
-        self._errors.append(errors.astype(np.float32))
+            self._images[index] = normal_metrics(errors)
+        else:
+            self._images[index] = (_error_sums(errors), errors.astype(np.float32))
+
+    def state(self) -> dict:
+        """{"settings": {"mode"}, "images": {index: entry}}: plain values, picklable, for `merge`."""
+        return {"settings": {"mode": self.mode}, "images": dict(self._images)}
+
+    def merge(self, states: list[dict]) -> None:
+        """Replace what this accumulator holds by the union of `states` (from `state()` of accumulators
+        in the same mode that saw disjoint images); raises ValueError otherwise."""
+        check_settings(states, {"mode": self.mode}, "normal accumulator")
+        self._images = union_by_index((s["images"] for s in states), "normal accumulator")
+        self._next_index = max(self._images, default=-1) + 1
 
     def compute(self) -> dict[str, float]:
         """{key: float} for NORMAL_METRIC_KEYS over everything added so far."""
-        if self.num_images == 0:
+        if not self._images:
             raise ValueError("cannot compute normal metrics: no image with a valid ground-truth pixel")
+        images = [self._images[i] for i in sorted(self._images)]
         if self.mode == "per_image":
-            return {key: float(np.mean([m[key] for m in self._per_image])) for key in NORMAL_METRIC_KEYS}
-        median = float(np.median(np.concatenate(self._errors)))
-        return _metrics_from_sums(self._sums, median)
+            return {key: float(np.mean([m[key] for m in images])) for key in NORMAL_METRIC_KEYS}
+        sums = np.zeros(3 + len(NORMAL_THRESHOLDS_DEG), dtype=np.float64)
+        for image_sums, _ in images:  # one by one in index order: the floats of a single pass
+            sums += image_sums
+        median = float(np.median(np.concatenate([errors for _, errors in images])))
+        return _metrics_from_sums(sums, median)

@@ -10,6 +10,7 @@ Label handling:
 
 import numpy as np
 
+from benchmarks.metrics.merge import check_settings
 from genpercept_cli.palette import NYU40_CLASSES, colors_to_labels
 
 SEG_CONVENTIONS = ("mmseg", "detectron2")
@@ -78,6 +79,8 @@ class SegAccumulator:
     0..100. mIoU is the mean over classes 1 .. C-1 whose IoU is not NaN under `convention` (see
     `iou_per_class`); pixel_acc = correct labelled pixels / labelled pixels. Class names come from
     NYU40_CLASSES when num_classes is 41, else "class_<id>"; class 0 is not listed.
+    The matrix holds integer counts, so `merge` of the states of accumulators that saw disjoint images is
+    exactly the matrix of one accumulator that saw them all.
     """
 
     def __init__(self, num_classes: int = 41, ignore_index: int = 255, convention: str = "mmseg"):
@@ -88,9 +91,26 @@ class SegAccumulator:
         self.convention = convention
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
 
-    def update(self, pred_ids: np.ndarray, gt_ids: np.ndarray) -> None:
-        """Add one image: integer [H, W] predicted and GT ids."""
-        self.matrix += confusion_matrix(pred_ids, gt_ids, self.num_classes, self.ignore_index)
+    def update(self, pred_ids: np.ndarray, gt_ids: np.ndarray) -> np.ndarray:
+        """Add one image: integer [H, W] predicted and GT ids. Returns the image's int64 [C, C] matrix."""
+        matrix = confusion_matrix(pred_ids, gt_ids, self.num_classes, self.ignore_index)
+        self.matrix += matrix
+        return matrix
+
+    def _settings(self) -> dict:
+        return {"num_classes": self.num_classes, "ignore_index": self.ignore_index, "convention": self.convention}
+
+    def state(self) -> dict:
+        """{"settings": {...}, "matrix": int64 [C, C]}: picklable, for `merge`."""
+        return {"settings": self._settings(), "matrix": self.matrix.copy()}
+
+    def merge(self, states: list[dict]) -> None:
+        """Replace the matrix by the sum of the `states`' matrices (from `state()` of accumulators with the
+        same settings that saw disjoint images; integer sums, so exact in any order)."""
+        check_settings(states, self._settings(), "segmentation accumulator")
+        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        for state in states:
+            self.matrix += state["matrix"]
 
     def _class_names(self) -> tuple[str, ...]:
         if self.num_classes == len(NYU40_CLASSES):
