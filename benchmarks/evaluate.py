@@ -61,6 +61,7 @@ class EvalOptions:
     hce_variant: str = "line"  # approxPolyDP as OpenCV <= 4.12 (the published numbers)
     device: str = "auto"
     dtype: str = "auto"
+    batch_size: int = 0  # samples per model batch; 0 = automatic (1 on CPU)
 
 
 @dataclass
@@ -168,12 +169,27 @@ def _prefetch(ds: EvalDataset, depth: int = 4) -> Iterator[Sample]:
 
 
 # -- the run --------------------------------------------------------------------------------------
+def space_for(spec, requested: str = "auto") -> str:
+    """Depth alignment space: as requested, or from the checkpoint's output kind (affine disparity ->
+    disparity, metric depth -> metric, anything else -> depth)."""
+    if requested != "auto":
+        return requested
+    kind = spec.kind if spec is not None else "affine_depth"
+    return {"affine_disparity": "disparity", "metric_depth": "metric"}.get(kind, "depth")
+
+
 def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
-    """Run one benchmark; `pipe` (a loaded GenPerceptPipeline) is used instead of loading one."""
+    """Run one benchmark; `pipe` (a loaded GenPerceptPipeline) is used instead of loading one.
+
+    With a model, samples go through the one runner (`genpercept_cli.runtime.runner`), batched by
+    processed size `opts.batch_size` at a time (0: automatic); the scores equal batch 1's.
+    """
     if (opts.checkpoint is None) == (opts.predictions is None) and pipe is None:
         raise GenPerceptError("pass either --checkpoint (run the model) or --predictions DIR (score files).")
     if opts.predictions is not None and not Path(opts.predictions).is_dir():
         raise GenPerceptError(f"predictions folder {opts.predictions} does not exist.")
+    if opts.batch_size < 0:
+        raise GenPerceptError("--batch-size must be 0 (automatic) or positive.")
     ds = get_dataset(opts.dataset, opts.data_dir, opts.limit)
     spec = None
     if opts.checkpoint is not None or pipe is not None:
@@ -184,21 +200,19 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
             raise GenPerceptError(
                 f"{opts.dataset} is a {ds.task} benchmark; checkpoint {spec.name!r} predicts {spec.task}."
             )
-    space = opts.space if opts.space != "auto" else ("disparity" if spec and spec.task == "disparity" else "depth")
+    space = space_for(spec, opts.space)
     res = ds.processing_res if opts.processing_res is None else opts.processing_res
     if opts.predictions is None and pipe is None:
         from genpercept_cli.pipeline import GenPerceptPipeline
 
         pipe = GenPerceptPipeline.from_checkpoint(spec, device=opts.device, dtype=opts.dtype)
     scorer = make_scorer(ds, opts, space)
-    rows, problems = [], []
     task_id = progress.add_task(f"eval {opts.dataset}", total=len(ds)) if progress else None
-    for index, sample in enumerate(_prefetch(ds)):
-        problem = _score_sample(index, sample, ds, opts, pipe, res, scorer, rows)
-        if problem is not None:
-            problems.append(f"{sample.key}: {problem}")
-        if progress is not None:
-            progress.advance(task_id)
+    if opts.predictions is not None:
+        problems = _score_files(ds, opts, scorer, progress, task_id)
+    else:
+        problems = _score_model(ds, opts, pipe, res, scorer, progress, task_id)
+    rows = [{k: v for k, v in row.items() if k not in ("index", "name")} for row in scorer.rows()]
     if not rows:
         first = problems[0] if problems else "none"
         raise GenPerceptError(f"no sample of {opts.dataset} could be scored ({len(problems)} problems; {first}).")
@@ -213,50 +227,89 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
     )
 
 
-def _score_sample(index: int, sample: Sample, ds: EvalDataset, opts: EvalOptions, pipe, res: int, scorer,
-                  rows: list) -> str | None:
-    """Score sample `index` of `ds` into `scorer` and `rows`; returns why it could not be scored, or None."""
-    if ds.task in ("depth", "normal") and not sample.valid.any():
-        return "the ground truth has no valid pixel, so there is nothing to score"  # the model is not run
-    pred, problem = _prediction_for(sample, ds, opts, pipe, res)
-    if problem is not None:
-        return f"prediction {problem}"
-    try:
-        row = scorer.update(index, sample, pred)
-    except ValueError as exc:  # e.g. no positive prediction to fit in disparity space
-        return f"prediction cannot be scored ({exc})"
-    rows.append({k: v for k, v in row.items() if k not in ("index", "name")})  # "key" first, as in the CSV
-    return None
+_NO_VALID_GT = "the ground truth has no valid pixel, so there is nothing to score"
 
 
-def _prediction_for(sample: Sample, ds: EvalDataset, opts: EvalOptions, pipe, res: int):
-    """(prediction, None) or (None, why it cannot be scored)."""
-    if opts.predictions is not None:
+def _score_files(ds: EvalDataset, opts: EvalOptions, scorer, progress, task_id) -> list[str]:
+    """Score the prediction files of every sample; returns the problems, in dataset order."""
+    problems = []
+    for index, sample in enumerate(_prefetch(ds)):
+        if ds.task in ("depth", "normal") and not sample.valid.any():
+            problem = _NO_VALID_GT
+        else:
+            pred, problem = _prediction_file(sample, ds, Path(opts.predictions))
+            if problem is None:
+                problem = _score(scorer, index, sample, pred, ds.task)
+        if problem is not None:
+            problems.append(f"{sample.key}: {problem}")
+        if progress is not None:
+            progress.advance(task_id)
+    return problems
+
+
+def _score_model(ds: EvalDataset, opts: EvalOptions, pipe, res: int, scorer, progress, task_id) -> list[str]:
+    """Run the model on every sample through the runner and score it; returns the problems, in order."""
+    from genpercept_cli.predict import auto_batch_size
+    from genpercept_cli.resize import model_input
+    from genpercept_cli.runtime.runner import Job, Loaded, SkipJob, run
+
+    keys = ds.keys()
+
+    def load(job: Job) -> Loaded:
+        sample = ds[job.index]
+        if ds.task in ("depth", "normal") and not sample.valid.any():
+            raise SkipJob(f"{sample.key}: {_NO_VALID_GT}")  # the model is not run
         try:
-            pred = load_prediction(Path(opts.predictions), sample.key, ds.task)
-        except NotNumericPrediction as exc:
-            return None, str(exc)
-        except FileNotFoundError as exc:
-            return None, f"is missing ({exc})"
-        except (OSError, ValueError) as exc:
-            return None, f"cannot be read ({exc})"
-    else:
-        try:
-            pred = pipe(sample.image, processing_res=res)
+            size = pipe.processed_size(*sample.image.shape[:2], res)
         except GenPerceptError as exc:
-            return None, f"failed ({exc})"
+            raise SkipJob(f"{sample.key}: prediction failed ({exc})") from None
+        return Loaded(job, model_input(sample.image, size), sample.image.shape[:2], sample)
+
+    def score(loaded: Loaded, pred) -> str | None:
+        sample = loaded.context
         if opts.save_predictions is not None:
             from genpercept_cli.outputs import write_prediction
 
             write_prediction(pred, pipe.task, Path(opts.save_predictions) / prediction_stem(sample.key), ("npy",))
+        problem = check_prediction(pred, sample, ds.task)
+        problem = f"prediction {problem}" if problem else _score(scorer, loaded.job.index, sample, pred, ds.task)
+        return None if problem is None else f"{sample.key}: {problem}"
+
+    batch_size = opts.batch_size or auto_batch_size(pipe.device, res)
+    report = run(pipe, [Job(i) for i in range(len(ds))], load, score, batch_size=batch_size, workers=1,
+                 sink_workers=1, describe=lambda job: f"{keys[job.index]}: prediction failed", progress=progress,
+                 task_id=task_id)
+    return [message for _job, message in report.failed]
+
+
+def _score(scorer, index: int, sample: Sample, pred: np.ndarray, task: str) -> str | None:
+    """Add one prediction to `scorer`; returns why it could not be scored, or None."""
+    try:
+        scorer.update(index, sample, pred)
+    except ValueError as exc:  # e.g. no positive prediction to fit in disparity space
+        return f"prediction cannot be scored ({exc})"
+    return None
+
+
+def _prediction_file(sample: Sample, ds: EvalDataset, pred_dir: Path):
+    """(prediction, None) or (None, why it cannot be scored) for a prediction file on disk."""
+    try:
+        pred = load_prediction(pred_dir, sample.key, ds.task)
+    except NotNumericPrediction as exc:
+        return None, f"prediction {exc}"
+    except FileNotFoundError as exc:
+        return None, f"prediction is missing ({exc})"
+    except (OSError, ValueError) as exc:
+        return None, f"prediction cannot be read ({exc})"
     problem = check_prediction(pred, sample, ds.task)
-    return (None, problem) if problem else (pred, None)
+    return (None, f"prediction {problem}") if problem else (pred, None)
 
 
 def _protocol(ds: EvalDataset, opts: EvalOptions, space: str, res: int, spec, pipe) -> dict:
     protocol: dict = {"task": ds.task, "processing_res": res, "source": "predictions" if opts.predictions else "model"}
     if ds.task == "depth":
-        protocol.update(alignment="least_squares", space=space, min_depth=ds.min_depth, max_depth=ds.max_depth,
+        protocol.update(alignment="none" if space == "metric" else "least_squares", space=space,
+                        min_depth=ds.min_depth, max_depth=ds.max_depth,
                         pred_clip=ds.pred_clip, align_max_samples=ds.align_max_samples,
                         align_subsample=opts.eth3d_subsample if ds.align_max_samples else None)
     elif ds.task == "normal":

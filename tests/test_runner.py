@@ -1,0 +1,198 @@
+"""The one runner: every job exactly once, batches of one size, sharding, failures, and eval batching."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _archives import write_tar, write_tree
+from test_datasets import NYU_TAR, nyu_files
+
+from benchmarks.evaluate import EvalOptions, evaluate
+from genpercept_cli.errors import GenPerceptError
+from genpercept_cli.runtime.runner import Job, Loaded, SkipJob, run
+
+
+class FakePipe:
+    """prediction = the input's first channel, as float; records every batch it sees."""
+
+    def __init__(self, oom_above: int | None = None):
+        self.batches, self.oom_above = [], oom_above
+
+    def predict_batch(self, rgb):
+        if self.oom_above is not None and rgb.shape[0] > self.oom_above:
+            raise torch.OutOfMemoryError("fake")
+        self.batches.append((rgb.shape[0], tuple(rgb.shape[-2:])))
+        return rgb[:, :1].float()
+
+    def postprocess(self, pred, size):
+        assert tuple(pred.shape[-2:]) == tuple(size)
+        return pred[0].numpy()
+
+
+SIZES = [(8, 8), (8, 12), (12, 8)]
+
+
+def _jobs(n: int, seed: int, known: bool):
+    rng = np.random.default_rng(seed)
+    sizes = [SIZES[i] for i in rng.integers(0, len(SIZES), n)]
+    return [Job(i, sizes[i] if known else None) for i in range(n)], sizes
+
+
+def _run(pipe, jobs, sizes, batch_size, shard=None, overlap=True):
+    seen: dict[int, float] = {}
+
+    def load(job):
+        h, w = sizes[job.index]
+        return Loaded(job, torch.full((1, 3, h, w), job.index % 256, dtype=torch.uint8), (h, w))
+
+    def sink(loaded, prediction):
+        assert loaded.job.index not in seen, "a job reached the sink twice"
+        seen[loaded.job.index] = float(prediction[0, 0])
+
+    report = run(pipe, jobs, load, sink, batch_size=batch_size, workers=2, overlap=overlap, shard=shard)
+    return seen, report
+
+
+@pytest.mark.parametrize("known", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_job_once_in_batches_of_one_size(known, batch_size, seed):
+    jobs, sizes = _jobs(23, seed, known)
+    pipe = FakePipe()
+    seen, report = _run(pipe, jobs, sizes, batch_size)
+    assert report.done == 23 and report.failed == []
+    assert seen == {i: float(i % 256) for i in range(23)}
+    assert all(n <= batch_size for n, _ in pipe.batches) and sum(n for n, _ in pipe.batches) == 23
+    if known:  # bucketed up front: every batch but the last of each size is full
+        for size in set(sizes):
+            counts = [n for n, s in pipe.batches if s == size]
+            assert counts[:-1] == [batch_size] * (len(counts) - 1)
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_shards_cover_every_job_exactly_once(shards, batch_size):
+    jobs, sizes = _jobs(17, 3, known=True)
+    union: dict[int, float] = {}
+    for rank in range(shards):
+        seen, report = _run(FakePipe(), jobs, sizes, batch_size, shard=lambda js, r=rank: js[r::shards])
+        assert not set(seen) & set(union)
+        union.update(seen)
+    assert sorted(union) == list(range(17))
+
+
+def test_serial_mode_gives_the_same_predictions():
+    jobs, sizes = _jobs(9, 4, known=False)
+    assert _run(FakePipe(), jobs, sizes, 3, overlap=False)[0] == _run(FakePipe(), jobs, sizes, 3)[0]
+
+
+def test_out_of_memory_halves_the_batch_then_reports_single_inputs():
+    jobs, sizes = _jobs(12, 5, known=True)
+    pipe = FakePipe(oom_above=1)
+    seen, report = _run(pipe, jobs, sizes, 4)
+    assert len(seen) == 12 and all(n == 1 for n, _ in pipe.batches)
+    seen, report = _run(FakePipe(oom_above=0), jobs[:2], sizes, 2)
+    h, w = sizes[0]
+    assert seen == {} and report.failed[0] == (jobs[0], f"item 0: out of memory at {w}x{h}; lower --processing-res.")
+
+
+def test_load_failures_are_reported_in_index_order_and_the_rest_runs():
+    jobs, sizes = _jobs(6, 6, known=False)
+
+    def load(job):
+        if job.index in (1, 4):
+            raise SkipJob(f"job {job.index} skipped")
+        if job.index == 2:
+            raise GenPerceptError("job 2 unreadable")
+        h, w = sizes[job.index]
+        return Loaded(job, torch.zeros(1, 3, h, w, dtype=torch.uint8), (h, w))
+
+    report = run(FakePipe(), jobs, load, lambda loaded, pred: None, batch_size=2)
+    assert report.done == 3
+    assert [message for _, message in report.failed] == ["job 1 skipped", "job 2 unreadable", "job 4 skipped"]
+
+
+def test_a_sink_problem_fails_that_job_only():
+    jobs, sizes = _jobs(4, 7, known=True)
+
+    def load(job):
+        h, w = sizes[job.index]
+        return Loaded(job, torch.zeros(1, 3, h, w, dtype=torch.uint8), (h, w))
+
+    def sink(loaded, prediction):
+        if loaded.job.index == 3:
+            raise OSError("disk full")
+        return "bad prediction" if loaded.job.index == 0 else None
+
+    report = run(FakePipe(), jobs, load, sink, batch_size=2)
+    assert report.done == 2
+    assert report.failed == [(jobs[0], "bad prediction"), (jobs[3], "item 3: could not write outputs (disk full).")]
+
+
+# -- eval batches through the runner ---------------------------------------------------------------
+def _evaluate_recording(opts, pipe):
+    """evaluate() with `pipe`, returning the result and the batch sizes the model saw."""
+    seen, real = [], pipe.predict_batch
+
+    def recording(rgb):
+        seen.append(rgb.shape[0])
+        return real(rgb)
+
+    pipe.predict_batch = recording
+    try:
+        return evaluate(opts, pipe=pipe), seen
+    finally:
+        del pipe.predict_batch
+
+
+def _assert_same_scores(one, many):
+    assert one.n_images == many.n_images > 1 and [r["key"] for r in one.rows] == [r["key"] for r in many.rows]
+    for key, value in one.metrics.items():
+        if value is not None:
+            assert many.metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_eval_batched_equals_batch_1_on_uniform_sizes(tmp_path, checkpoint_root, batch_size):
+    from genpercept_cli.pipeline import GenPerceptPipeline
+
+    files, _ = nyu_files(np.random.default_rng(0))
+    write_tar(tmp_path / "data" / NYU_TAR, files)
+    pipe = GenPerceptPipeline.from_checkpoint(str(checkpoint_root / "unet_depth_v2"), device="cpu", dtype="fp32")
+    results = {}
+    for bs in (1, batch_size):
+        opts = EvalOptions(dataset="nyu", data_dir=tmp_path / "data", processing_res=64, batch_size=bs)
+        results[bs] = _evaluate_recording(opts, pipe)
+    n = results[1][0].n_images
+    assert set(results[1][1]) == {1} and max(results[batch_size][1]) == min(batch_size, n)
+    _assert_same_scores(results[1][0], results[batch_size][0])
+
+
+def test_eval_batched_with_mixed_sizes(tmp_path, checkpoint_root):
+    """DIS images of three sizes, interleaved: batches form per size as samples arrive."""
+    from _archives import jpg_bytes, png_bytes
+
+    from genpercept_cli.pipeline import GenPerceptPipeline
+
+    rng = np.random.default_rng(1)
+    files = {}
+    for i, (h, w) in enumerate([(10, 12), (14, 10), (10, 12), (14, 10), (10, 12), (20, 16), (10, 12)]):
+        subset = f"DIS-TE{1 + i % 4}"
+        files[f"{subset}/im/s{i}.jpg"] = jpg_bytes(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        files[f"{subset}/gt/s{i}.png"] = png_bytes(rng.choice(np.array([0, 255], dtype=np.uint8), (h, w)))
+    write_tree(tmp_path / "data" / "DIS5K", files)
+    pipe = GenPerceptPipeline.from_checkpoint(str(checkpoint_root / "unet_dis_v2"), device="cpu", dtype="fp32")
+    out = {}
+    for bs in (1, 4):
+        opts = EvalOptions(dataset="dis-te", data_dir=tmp_path / "data", processing_res=32, batch_size=bs,
+                           with_hce=False)
+        out[bs] = _evaluate_recording(opts, pipe)
+    assert max(out[4][1]) > 1 and sum(out[4][1]) == 7
+    _assert_same_scores(out[1][0], out[4][0])
+    assert json.dumps(sorted(out[1][0].subsets)) == json.dumps(sorted(out[4][0].subsets))
+
+
+def test_eval_batch_size_must_not_be_negative(tmp_path):
+    with pytest.raises(GenPerceptError, match="--batch-size must be 0"):
+        evaluate(EvalOptions(dataset="nyu", data_dir=tmp_path, checkpoint="depth", batch_size=-1))
