@@ -1,7 +1,7 @@
 """Peak resident memory of `genpercept predict` on one huge image (SPEC §8: "a huge image").
 
 Writes a 12000x9000 PNG into a temporary folder, builds a tiny random checkpoint (the test helpers'
-sizes: genpercept_cli.bench TINY_UNET / TINY_VAE), runs `genpercept predict --processing-res 64` on it
+sizes: benchmarks.speed.presets TINY_UNET / TINY_VAE), runs `genpercept predict --processing-res 64` on it
 in a child process and reads that child's peak resident set size (its ru_maxrss from wait4, i.e. its
 VmHWM). Another child prepares the inputs, so this process stays small: Linux carries a parent's peak
 into a child's ru_maxrss across fork and exec. A last child runs the same command on a 640x480 image:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .checkpoints import CheckpointSpec
 from .errors import GenPerceptError
 from .images import IMAGE_SUFFIXES, ImageReadError, read_rgb, read_size
 
@@ -21,6 +23,50 @@ from .images import IMAGE_SUFFIXES, ImageReadError, read_rgb, read_size
 class InputImage:
     path: Path
     rel_stem: Path  # output location relative to the output root, without suffix: a/b/img
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How `run_predict` runs, one field per `genpercept predict` flag; `validate` checks them.
+
+    processing_res: long side the model sees, in pixels; 0 = native size, None = the checkpoint's.
+    formats: comma-separated string ("npy,png16") or names (outputs.FORMATS); None = the task's default.
+    batch_size: images per batch; 0 = automatic (`auto_batch_size`).
+    workers: background threads decoding images, at least 1.
+    tile_above: decode processed images above this many megapixels tile by tile (bounded memory, not
+        bit-exact); 0 = never, None = leave the pipeline's setting as it is.
+    normal_flip: normal axes to negate before writing, e.g. "yz" (normal models only).
+    skip_existing: skip images whose outputs all exist (resume).
+    """
+
+    processing_res: int | None = None
+    formats: str | tuple[str, ...] | None = None
+    batch_size: int = 0
+    workers: int = 4
+    tile_above: float | None = 16.0
+    normal_flip: str = ""
+    skip_existing: bool = False
+
+    def validate(self, spec: CheckpointSpec) -> PredictOptions:
+        """Raise GenPerceptError naming the first bad option, in the words of `genpercept predict`;
+        return the options resolved for `spec`: formats a tuple of format names, processing_res an
+        int, normal_flip its axes in x, y, z order. Reads nothing from disk and creates nothing."""
+        from .outputs import parse_formats, parse_normal_flip
+        from .resize import check_processing_res
+
+        names = self.formats if self.formats is None or isinstance(self.formats, str) else ",".join(self.formats)
+        formats = parse_formats(spec.task, names)
+        res = spec.processing_res if self.processing_res is None else self.processing_res
+        res = check_processing_res(res, "--processing-res")
+        if self.batch_size < 0:
+            raise GenPerceptError("--batch-size must be 0 (automatic) or positive.")
+        if self.workers < 1:
+            raise GenPerceptError("--workers must be at least 1.")
+        if self.tile_above is not None and self.tile_above < 0:
+            raise GenPerceptError("--tile-above must be 0 (never) or a number of megapixels.")
+        if self.normal_flip and spec.task != "normal":
+            raise GenPerceptError(f"--normal-flip applies to normal models; {spec.name!r} predicts {spec.task}.")
+        return replace(self, formats=formats, processing_res=res, normal_flip=parse_normal_flip(self.normal_flip))
 
 
 @dataclass
@@ -222,18 +268,17 @@ def run_predict(
     pipe,
     images: list[InputImage],
     output: Path,
-    formats: tuple[str, ...],
-    processing_res: int,
-    batch_size: int,
-    skip_existing: bool = False,
-    workers: int = 4,
-    normal_flip: str = "",
+    options: PredictOptions | None = None,
     progress=None,
     clock=None,
     overlap: bool = True,
     after_batch=None,
 ) -> PredictReport:
     """Predict every image and write its files under `output`; failures are reported, not raised.
+
+    `options` (default: `PredictOptions()`, the command's defaults) are validated against `pipe.spec`
+    first; a bad option raises GenPerceptError before any image is read. `options.tile_above` applies
+    to `pipe` for this run only.
 
     Runs the one runner (`runtime.runner.run`) with a reader that decodes and resizes and a writer sink.
     Memory: a full-resolution image lives only while a reader thread decodes and resizes it (at most
@@ -242,40 +287,67 @@ def run_predict(
     KeyboardInterrupt by the CLI) cancels queued reads and writes; writes already running finish, and
     each is atomic, so no partial file remains. `clock`, `overlap`, `after_batch`: see the runner.
     """
-    from .outputs import output_paths, remove_stale_temp_files, write_prediction
+    from .outputs import write_prediction
     from .resize import model_input
-    from .runtime.runner import Job, Loaded, run
+    from .runtime.runner import Loaded, run
 
+    opts = (options or PredictOptions()).validate(pipe.spec)
+    batch_size = opts.batch_size or auto_batch_size(pipe.device, opts.processing_res)
     report = PredictReport()
-    for folder in sorted({(output / item.rel_stem).parent for item in images}):
-        report.stale_removed += remove_stale_temp_files(folder)
-    jobs: list[Job] = []
-    for index, item in enumerate(images):
-        stem = output / item.rel_stem
-        if skip_existing and all(p.exists() for p in output_paths(stem, pipe.task, formats)):
-            report.skipped_existing += 1
-            continue
-        try:
-            jobs.append(Job(index, pipe.processed_size(*read_size(item.path), processing_res)))
-        except ImageReadError as exc:
-            report.failed.append((item.path, str(exc)))
-        except GenPerceptError as exc:  # too thin for the model
-            report.failed.append((item.path, f"{item.path}: {exc}"))
+    jobs = _plan_jobs(pipe, images, output, opts, report)
     task_id = progress.add_task("predict", total=len(jobs)) if progress else None
-    keep_image = "rgba" in formats  # the cut-out is the only output that needs the full-res pixels
+    keep_image = "rgba" in opts.formats  # the cut-out is the only output that needs the full-res pixels
 
-    def load(job: Job) -> Loaded:
+    def load(job) -> Loaded:
         image = read_rgb(images[job.index].path)
         return Loaded(job, model_input(image, job.size), image.shape[:2], image if keep_image else None)
 
     def write(loaded: Loaded, prediction) -> None:
         item = images[loaded.job.index]
-        write_prediction(prediction, pipe.task, output / item.rel_stem, formats, image=loaded.context,
-                         normal_flip=normal_flip)
+        write_prediction(prediction, pipe.task, output / item.rel_stem, opts.formats, image=loaded.context,
+                         normal_flip=opts.normal_flip)
 
-    result = run(pipe, jobs, load, write, batch_size=batch_size, workers=workers, sink_workers=2,
-                 overlap=overlap, describe=lambda job: str(images[job.index].path), after_batch=after_batch,
-                 clock=clock, progress=progress, task_id=task_id)
+    with _tiled_decode(pipe, opts.tile_above):
+        result = run(pipe, jobs, load, write, batch_size=batch_size, workers=opts.workers, sink_workers=2,
+                     overlap=overlap, describe=lambda job: str(images[job.index].path), after_batch=after_batch,
+                     clock=clock, progress=progress, task_id=task_id)
     report.written = result.done
     report.failed += [(images[job.index].path, message) for job, message in result.failed]
     return report
+
+
+def _plan_jobs(pipe, images: list[InputImage], output: Path, opts: PredictOptions, report: PredictReport) -> list:
+    """One runner job per image to predict, from its header: removes stale temp files of a killed run,
+    counts images already done (--skip-existing) and lists unreadable or too thin ones in `report`."""
+    from .outputs import output_paths, remove_stale_temp_files
+    from .runtime.runner import Job
+
+    for folder in sorted({(output / item.rel_stem).parent for item in images}):
+        report.stale_removed += remove_stale_temp_files(folder)
+    jobs = []
+    for index, item in enumerate(images):
+        stem = output / item.rel_stem
+        if opts.skip_existing and all(p.exists() for p in output_paths(stem, pipe.task, opts.formats)):
+            report.skipped_existing += 1
+            continue
+        try:
+            jobs.append(Job(index, pipe.processed_size(*read_size(item.path), opts.processing_res)))
+        except ImageReadError as exc:
+            report.failed.append((item.path, str(exc)))
+        except GenPerceptError as exc:  # too thin for the model
+            report.failed.append((item.path, f"{item.path}: {exc}"))
+    return jobs
+
+
+@contextmanager
+def _tiled_decode(pipe, megapixels: float | None):
+    """`pipe` decodes images above `megapixels` tile by tile (0: never) inside the block; None: as it is."""
+    if megapixels is None:
+        yield
+        return
+    previous = pipe.tiled_decode_above
+    pipe.tiled_decode_above = int(megapixels * 1e6) if megapixels else None
+    try:
+        yield
+    finally:
+        pipe.tiled_decode_above = previous

@@ -178,7 +178,7 @@ def test_bench_speed_names_the_option_out_of_range(args, message):
 
 
 def test_bench_speed_refuses_an_unwritable_json_before_benchmarking(tmp_path, monkeypatch):
-    import genpercept_cli.bench as bench
+    import benchmarks.speed as bench
 
     def never(cfg):
         raise AssertionError("the benchmark ran")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from genpercept_cli.bench import TINY_UNET as BENCH_TINY_UNET
+from benchmarks.speed.presets import TINY_UNET as BENCH_TINY_UNET
 from genpercept_cli.dpt import (
     DPTHead,
     minmax_per_image,

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import safetensors.torch  # noqa: F401  (diffusers 0.27's save_pretrained uses it without importing it)
 import torch
 
-from genpercept_cli.bench import TINY_UNET as UNET_CONFIG  # one definition of "tiny"
-from genpercept_cli.bench import TINY_VAE as VAE_CONFIG
+from benchmarks.speed.presets import TINY_UNET as UNET_CONFIG  # one definition of "tiny"
+from benchmarks.speed.presets import TINY_VAE as VAE_CONFIG
 
 TASK_FOLDERS = {
     "depth": "unet_depth_v2",

@@ -1,0 +1,81 @@
+"""The `genpercept` command line: the Typer app, its commands (one module each) and the boundary that
+turns user errors into a message and an exit code. Heavy imports (torch, diffusers, benchmarks) happen
+inside the commands so that `genpercept --help` answers at once."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.markup import escape
+
+from .. import __version__
+from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, GenPerceptError, Terminated
+from .bench import bench_speed
+from .checkpoints import checkpoints_command
+from .console import console, make_progress
+from .eval import eval_command
+from .predict import predict_command
+
+__all__ = ["app", "console", "main", "make_progress", "user_errors"]
+
+app = typer.Typer(
+    name="genpercept",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    # Help text is plain text: rich markup would read "hub id[/subfolder]" as a closing tag (typer >= 0.29).
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"genpercept {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+):
+    """Run, evaluate and benchmark GenPercept one-step dense-perception models."""
+
+
+def user_errors(fn):
+    """Turn the errors a user can cause into one red line and their exit code (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GenPerceptError as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt as exc:
+            what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            console.print(f"[yellow]{what}[/]; files already written are complete (predict resumes with --skip-existing).")
+            raise typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED) from None
+
+    return wrapper
+
+
+# In this order in `genpercept --help`.
+app.command("predict")(user_errors(predict_command))
+app.command("checkpoints")(user_errors(checkpoints_command))
+app.command("bench-speed")(user_errors(bench_speed))
+app.command("eval")(user_errors(eval_command))
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def main() -> None:
+    """Console-script entry point; SIGTERM (a job scheduler stopping us) unwinds like Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    sys.exit(app())

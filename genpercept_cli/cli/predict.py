@@ -1,0 +1,81 @@
+"""`genpercept predict`: flags onto `PredictOptions`, then the run and its summary."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from .console import console, make_progress
+
+
+def predict_command(
+    source: str = typer.Argument(..., help="An image file, a folder (searched recursively) or a quoted glob."),
+    task: str | None = typer.Option(None, help="depth, disparity, normal, dis, matting or seg (default: from the checkpoint)."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help="Registry name, hub id[/subfolder] or local folder (default: the task's v2 model)."),
+    output: Path = typer.Option(Path("genpercept_output"), "--output", "-o", help="Output root; the input tree is mirrored below it."),
+    processing_res: int | None = typer.Option(None, help="Long side the model sees, in pixels; 0 = native size (default: the checkpoint's, 768)."),
+    formats: str | None = typer.Option(None, help="Comma-separated outputs, e.g. npy,png16,color; png = the task's main <stem>_pred.png (default: the task's)."),
+    batch_size: int = typer.Option(0, help="Images per batch; 0 = automatic (1 on CPU, by free memory on CUDA)."),
+    device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose outputs all exist (resume)."),
+    normal_flip: str = typer.Option("", help="Normals only: axes to negate before writing, e.g. 'yz' for the OpenCV frame."),
+    workers: int = typer.Option(4, help="Background threads decoding images."),
+    tile_above: float = typer.Option(16.0, help="Decode processed images above this many megapixels in overlapping tiles (bounded memory, not bit-exact); 0 = never."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the modules (slow first batch per image size; pays off on long GPU runs)."),
+):
+    """Predict depth, disparity, normals, DIS, matting or segmentation for images."""
+    from dataclasses import replace
+
+    from ..checkpoints import default_checkpoint, resolve_checkpoint
+    from ..outputs import check_writable
+    from ..predict import PredictOptions, auto_batch_size, discover_images, run_predict
+
+    scan = discover_images(source)  # skips earlier outputs, so -o may be the source folder itself
+    images = scan.images
+    spec = resolve_checkpoint(checkpoint or default_checkpoint(task or "depth"), task)
+    options = PredictOptions(
+        processing_res=processing_res, formats=formats, batch_size=batch_size, workers=workers,
+        tile_above=tile_above, normal_flip=normal_flip, skip_existing=skip_existing,
+    ).validate(spec)
+    check_writable(output, "--output", folder=True)  # creates it: after every check that could refuse the run
+
+    from ..pipeline import GenPerceptPipeline
+
+    with console.status(f"loading checkpoint {spec.name} ({spec.task})"):
+        pipe = GenPerceptPipeline.from_checkpoint(spec, device=device, dtype=dtype, compile=compile)
+    res = options.processing_res
+    options = replace(options, batch_size=options.batch_size or auto_batch_size(pipe.device, res))
+    console.print(
+        f"{len(images)} images -> {output}  [dim]task={spec.task} res={res or 'native'} batch={options.batch_size} "
+        f"device={pipe.device} dtype={str(pipe.dtype).removeprefix('torch.')}[/]", highlight=False,
+    )
+    start = time.perf_counter()
+    with make_progress() as progress:
+        report = run_predict(pipe, images, output, options, progress)
+    elapsed = time.perf_counter() - start
+    failed = scan.unreadable + report.failed  # an unreadable file or folder counts as one failed input
+    for _path, message in failed:
+        console.print(f"[yellow]skipped[/] {escape(message)}", highlight=False)
+    console.print(_summary(scan, report, failed, pipe, elapsed), highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _summary(scan, report, failed: list, pipe, elapsed: float) -> str:
+    """The closing line: what was written, skipped, failed, passed over and recovered."""
+    summary = f"wrote {report.written} of {len(scan.images) + len(scan.unreadable)} images in {elapsed:.1f} s"
+    if report.skipped_existing:
+        summary += f", {report.skipped_existing} already done"
+    if failed:
+        summary += f", [red]{len(failed)} failed[/]"
+    for note in scan.notes():
+        summary += f", {note}"
+    if report.stale_removed:
+        summary += f", {report.stale_removed} temporary files of an interrupted run removed"
+    if pipe.recoveries:
+        summary += f", {pipe.recoveries} batches re-run in fp32 after a non-finite {pipe.dtype} result"
+    return summary
