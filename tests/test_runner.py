@@ -196,3 +196,37 @@ def test_eval_batched_with_mixed_sizes(tmp_path, checkpoint_root):
 def test_eval_batch_size_must_not_be_negative(tmp_path):
     with pytest.raises(GenPerceptError, match="--batch-size must be 0"):
         evaluate(EvalOptions(dataset="nyu", data_dir=tmp_path, checkpoint="depth", batch_size=-1))
+
+
+def test_eval_cli_batch_size_and_metric_space(tmp_path, checkpoint_root):
+    from typer.testing import CliRunner
+
+    from benchmarks.datasets import get_dataset
+    from benchmarks.evaluate import prediction_stem
+    from genpercept_cli.cli import app
+
+    files, _ = nyu_files(np.random.default_rng(0))
+    write_tar(tmp_path / "data" / NYU_TAR, files)
+    data = tmp_path / "data"
+    base = ["eval", "-d", "nyu", "--data-dir", str(data), "--limit", "2"]
+    model = [*base, "-c", str(checkpoint_root / "unet_depth_v2"), "--processing-res", "64"]
+    runner = CliRunner()
+    outs = {}
+    for bs in ("1", "2"):
+        result = runner.invoke(app, [*model, "--batch-size", bs, "-o", str(tmp_path / f"b{bs}.json")])
+        assert result.exit_code == 0, result.output
+        outs[bs] = json.loads((tmp_path / f"b{bs}.json").read_text())["metrics"]
+    assert outs["2"] == pytest.approx(outs["1"], rel=1e-6)
+    result = runner.invoke(app, [*model, "--batch-size", "-1"])
+    assert result.exit_code == 2 and "--batch-size must be 0 (automatic) or positive." in result.output
+    # metric depth files are scored as they are: the ground truth itself scores 0 error, alignment "none"
+    for sample in get_dataset("nyu", data, 2):
+        path = tmp_path / "pred" / f"{prediction_stem(sample.key)}_pred.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.where(sample.valid, sample.gt, 1.0).astype(np.float32))
+    out = tmp_path / "metric.json"
+    result = runner.invoke(app, [*base, "--predictions", str(tmp_path / "pred"), "--space", "metric", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["protocol"]["alignment"] == "none" and report["protocol"]["space"] == "metric"
+    assert report["metrics"]["absrel"] == 0 and report["metrics"]["delta1"] == 1

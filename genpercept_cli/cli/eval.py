@@ -22,7 +22,7 @@ def eval_command(
     csv_path: Path | None = typer.Option(None, "--csv", help="Per-image CSV (default: beside --output)."),
     limit: int | None = typer.Option(None, help="Only the first N samples (a quick look; not comparable to the paper)."),
     processing_res: int | None = typer.Option(None, help="Override the protocol's processing resolution."),
-    space: str = typer.Option("auto", help="Depth alignment space: auto (from the checkpoint), depth or disparity."),
+    space: str = typer.Option("auto", help="Depth alignment space: auto (from the checkpoint), depth, disparity or metric (no alignment)."),
     eth3d_subsample: str = typer.Option("reference", help="ETH3D alignment fit: reference (the published columns-only subsample) or uniform."),
     normal_mode: str = typer.Option("pooled", help="Normals: pooled (DSINE, the paper) or per_image (Marigold)."),
     normal_flip: str = typer.Option("", help="Negate these axes of the predicted normals before scoring (e.g. x)."),
@@ -30,6 +30,7 @@ def eval_command(
     hce: bool = typer.Option(True, "--hce/--no-hce", help="DIS: compute HCE (slowest metric)."),
     hce_variant: str = typer.Option("line", help="DIS HCE polygon fit: line (OpenCV <= 4.12, published) or segment (>= 4.13)."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Score what is there even if some samples cannot be scored (a prediction missing or bad, ground truth without a valid pixel)."),
+    batch_size: int = typer.Option(0, help="Samples per model batch, bucketed by size; 0 = automatic (1 on CPU, by free memory on CUDA). Scores equal batch 1's."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
 ):
@@ -42,7 +43,7 @@ def eval_command(
 
     if dataset not in DATASETS:
         raise GenPerceptError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}.")
-    _check_choice("--space", space, ("auto", "depth", "disparity"))
+    _check_choice("--space", space, ("auto", "depth", "disparity", "metric"))
     _check_choice("--eth3d-subsample", eth3d_subsample, ("reference", "uniform"))
     _check_choice("--normal-mode", normal_mode, ("pooled", "per_image"))
     _check_choice("--seg-convention", seg_convention, ("mmseg", "detectron2"))
@@ -51,6 +52,8 @@ def eval_command(
         raise GenPerceptError("--processing-res must be 0 (native) or a positive number of pixels.")
     if limit is not None and limit < 1:
         raise GenPerceptError("--limit must be a positive number of samples.")
+    if batch_size < 0:
+        raise GenPerceptError("--batch-size must be 0 (automatic) or positive.")
     normal_flip = parse_normal_flip(normal_flip)
     task = DATASETS[dataset].task
     if normal_flip and task != "normal":
@@ -79,6 +82,7 @@ def eval_command(
         space=space if predictions is None or checkpoint is None else _space_of(checkpoint, space, task),
         eth3d_subsample=eth3d_subsample, normal_mode=normal_mode, normal_flip=normal_flip,
         seg_convention=seg_convention, with_hce=hce, hce_variant=hce_variant, device=device, dtype=dtype,
+        batch_size=batch_size,
     )
     with make_progress() as progress:
         result = evaluate(opts, progress)
@@ -108,11 +112,15 @@ def _space_of(checkpoint: str, space: str, task: str) -> str:
         console.print(f"[yellow]warning:[/] --checkpoint {escape(checkpoint)} is ignored with --predictions ({reason}).",
                       highlight=False)
         return space
+    from benchmarks.evaluate import space_for
+
     from ..checkpoints import resolve_checkpoint
 
-    space = "disparity" if resolve_checkpoint(checkpoint).task == "disparity" else "depth"
+    space = space_for(resolve_checkpoint(checkpoint))
+    held = "metric depth, so they are scored without alignment" if space == "metric" else (
+        f"{space}, so they are aligned in {space} space")
     console.print(f"[yellow]warning:[/] --checkpoint {escape(checkpoint)} is not run with --predictions; it only says "
-                  f"that the files hold {space}, so they are aligned in {space} space.", highlight=False)
+                  f"that the files hold {held}.", highlight=False)
     return space
 
 
