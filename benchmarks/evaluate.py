@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from genpercept_cli.errors import GenPerceptError
+from genpercept_cli.files import NotNumericPrediction
+from genpercept_cli.tasks import TASKS, get_task
 
 from .datasets import EvalDataset, Sample, get_dataset
 from .scorers import DISScorer, make_scorer
@@ -38,8 +40,13 @@ PAPER_KEYS = {
     "p3m-500-np": ("matting", "p3m_500_np"), "aim-500": ("matting", "aim_500"),
     "hypersim-seg": ("seg", "hypersim"),
 }  # fmt: skip
-CHECKPOINT_TASKS = {"depth": ("depth", "disparity"), "normal": ("normal",), "dis": ("dis",),
-                    "matting": ("matting",), "seg": ("seg",)}
+
+
+def __getattr__(name: str):
+    if name == "CHECKPOINT_TASKS":  # benchmark task -> the checkpoint tasks it scores, from the task registry
+        return {bench: tuple(t.name for t in TASKS.values() if t.benchmark == bench)
+                for bench in dict.fromkeys(t.benchmark for t in TASKS.values())}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -100,60 +107,17 @@ def prediction_stem(key: str) -> str:
     return str(Path(key).with_suffix(""))
 
 
-class NotNumericPrediction(ValueError):
-    """A `_pred.npy` that holds something other than an array of numbers (objects, a pickle)."""
-
-
-def _load_numeric_npy(path: Path) -> np.ndarray:
-    """A .npy of bool, integers or floats; anything else raises NotNumericPrediction, unpickled."""
-    fmt = np.lib.format
-    with open(path, "rb") as fh:
-        try:
-            version = fmt.read_magic(fh)
-            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            dtype = read_header(fh)[2]
-        except ValueError:  # no .npy header: e.g. a plain pickle
-            dtype = None
-    if dtype is None or dtype.kind not in "biuf":  # bool, signed and unsigned integers, floats
-        held = "no .npy header" if dtype is None else f"dtype {dtype}"
-        raise NotNumericPrediction(f"is not a NumPy array of numbers ({path.name} has {held})")
-    return np.load(path, allow_pickle=False)
-
-
 def load_prediction(pred_dir: Path, key: str, task: str) -> np.ndarray:
-    """A prediction written by `genpercept predict` (npy first; 8-bit PNGs for dis/matting, label PNG for
-    seg). Raises FileNotFoundError when none exists, NotNumericPrediction for a .npy of anything but
-    bool, integers or floats."""
-    stem = pred_dir / prediction_stem(key)
-    npy = Path(f"{stem}_pred.npy")
-    if npy.is_file():
-        return _load_numeric_npy(npy)
-    if task in ("dis", "matting") and Path(f"{stem}_pred.png").is_file():
-        from PIL import Image
-
-        arr = np.asarray(Image.open(f"{stem}_pred.png"))
-        return arr if task == "dis" and arr.dtype == np.uint8 else arr.astype(np.float64) / np.iinfo(arr.dtype).max
-    if task == "seg" and Path(f"{stem}_label.png").is_file():
-        from PIL import Image
-
-        return np.asarray(Image.open(f"{stem}_label.png")).astype(np.int64)
-    raise FileNotFoundError(npy)
+    """A prediction written by `genpercept predict` for a benchmark of `task`, read as that task reads
+    its files (`tasks.Task.read_saved`: npy first; 8-bit PNGs for dis/matting, label PNG for seg).
+    Raises FileNotFoundError when none exists, NotNumericPrediction for a .npy of anything but bool,
+    integers or floats."""
+    return get_task(task).read_saved(pred_dir / prediction_stem(key))
 
 
 def check_prediction(pred: np.ndarray, sample: Sample, task: str) -> str | None:
-    """Why a prediction cannot be scored, or None."""
-    h, w = sample.gt.shape[:2]
-    expected = {"normal": (h, w, 3), "seg": None}.get(task, (h, w))
-    if task == "seg":
-        if pred.shape[:2] != (h, w) or pred.ndim not in (2, 3):
-            return f"has shape {pred.shape}, expected ({h}, {w}, 3) colours or ({h}, {w}) ids"
-    elif task == "dis" and pred.ndim == 2:
-        pass  # the DIS protocol resizes predictions to the GT size
-    elif pred.shape != expected:
-        return f"has shape {pred.shape}, expected {expected}"
-    if np.issubdtype(pred.dtype, np.floating) and not np.isfinite(pred).all():
-        return "contains non-finite values"
-    return None
+    """Why a prediction cannot be scored on a benchmark of `task`, or None (`tasks.Task.check_saved`)."""
+    return get_task(task).check_saved(pred, sample.gt.shape[:2])
 
 
 def _prefetch(ds: EvalDataset, depth: int = 4) -> Iterator[Sample]:
@@ -196,7 +160,7 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
         from genpercept_cli.checkpoints import resolve_checkpoint
 
         spec = pipe.spec if pipe is not None else resolve_checkpoint(opts.checkpoint)
-        if spec.task not in CHECKPOINT_TASKS[ds.task]:
+        if spec.task not in TASKS or TASKS[spec.task].benchmark != ds.task:
             raise GenPerceptError(
                 f"{opts.dataset} is a {ds.task} benchmark; checkpoint {spec.name!r} predicts {spec.task}."
             )

@@ -16,28 +16,21 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import CheckpointError, OfflineError
+from .tasks import TASKS  # re-exported: the task registry, by name
 
-TASKS = ("depth", "disparity", "normal", "dis", "matting", "seg")
 MODEL_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 DPT_FILES = ("model.safetensors",)
 _HUB_NAME = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?")  # one hub name part; no leading/trailing . or -
-_UNET_NAME = re.compile(
-    r"unet_(?P<task>depth|disparity_dpt_head|disparity|normal|dis|matting|seg)(?:_(?P<version>v\d+))?"
-)
 # What a model's output means; decides how it is post-processed and scored (depth alignment).
 OUTPUT_KINDS = ("affine_depth", "affine_disparity", "metric_depth", "normal", "probability", "alpha",
                 "seg_colors")
-TASK_OUTPUT_KIND = {"depth": "affine_depth", "disparity": "affine_disparity", "normal": "normal",
-                    "dis": "probability", "matting": "alpha", "seg": "seg_colors"}
 SPEC_FILE = "genpercept.json"  # beside the weights: what the checkpoint is, read before any name guess
-_DEFAULT_OUTPUT = {
-    "depth": "affine-invariant depth in [0,1], 0 = near, 1 = far",
-    "disparity": "affine-invariant disparity in [0,1], 1 = near",
-    "normal": "unit surface normals, x right, y up, z toward the camera",
-    "dis": "foreground probability in [0,1]",
-    "matting": "alpha matte in [0,1]",
-    "seg": "NYU40 colour map",
-}
+
+
+def __getattr__(name: str):
+    if name == "TASK_OUTPUT_KIND":  # task -> its default output kind, read from the registry on each access
+        return {task.name: task.output_kind for task in TASKS.values()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -63,12 +56,12 @@ class CheckpointSpec:
     dpt_dir: Path | None = None
     family: str = "genpercept"  # models.FAMILIES key: how the weights become a model
     family_params: dict = field(default_factory=dict)  # e.g. timestep, parametrization (models.one_step)
-    output_kind: str | None = None  # None: the task's (TASK_OUTPUT_KIND); e.g. "metric_depth"
+    output_kind: str | None = None  # None: the task's (tasks.Task.output_kind); e.g. "metric_depth"
 
     @property
     def kind(self) -> str:
         """What the output means (OUTPUT_KINDS): decides post-processing and how depth is aligned."""
-        return self.output_kind or TASK_OUTPUT_KIND[self.task]
+        return self.output_kind or TASKS[self.task].output_kind
 
     @property
     def is_local(self) -> bool:
@@ -109,9 +102,17 @@ def load_registry() -> dict[str, CheckpointSpec]:
     return {name: CheckpointSpec(name=name, **entry) for name, entry in table.items()}
 
 
+def _unet_name() -> re.Pattern:
+    """unet_<task>[_v<N>], any registered task or disparity_dpt_head; longer names first, so that
+    "unet_disparity" is not read as "dis"."""
+    names = sorted([*TASKS, "disparity_dpt_head"], key=len, reverse=True)
+    return re.compile(rf"unet_(?P<task>{'|'.join(map(re.escape, names))})(?:_(?P<version>v\d+))?")
+
+
 def _task_from_folder_name(name: str) -> tuple[str | None, str | None, bool]:
     """unet folder name -> (task, embedding version, has DPT head); Nones when the name says nothing."""
-    match = _UNET_NAME.fullmatch(name) or _UNET_NAME.match(name)
+    pattern = _unet_name()
+    match = pattern.fullmatch(name) or pattern.match(name)
     if not match:
         return None, None, False
     task = match["task"]
@@ -136,7 +137,7 @@ def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
     if declared.get("family", "genpercept") != "genpercept":
         task = _check_task(task, declared.get("task"), str(folder))
         extra = {k: declared[k] for k in ("family", "family_params", "output_kind", "processing_res") if k in declared}
-        return CheckpointSpec(name=str(folder), task=task, output=_DEFAULT_OUTPUT[task], unet_dir=folder, **extra)
+        return CheckpointSpec(name=str(folder), task=task, output=TASKS[task].output, unet_dir=folder, **extra)
     if (folder / "config.json").is_file() and (folder.parent / "vae").is_dir():
         unet_dir, vae_dir = folder, folder.parent / "vae"
     elif (folder / "vae").is_dir():
@@ -166,7 +167,7 @@ def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
         )
     extra = {k: declared[k] for k in ("family", "family_params", "output_kind", "processing_res") if k in declared}
     return CheckpointSpec(
-        name=str(folder), task=task, output=_DEFAULT_OUTPUT[task], embedding=version or "v2",
+        name=str(folder), task=task, output=TASKS[task].output, embedding=version or "v2",
         unet_dir=unet_dir, vae_dir=vae_dir, dpt_dir=dpt_dir, **extra,
     )
 
@@ -229,6 +230,8 @@ def _check_task(requested: str | None, found: str | None, where: str) -> str:
     task = requested or found
     if task is None:
         raise CheckpointError(f"cannot tell the task of {where} from its name; pass --task.")
+    if task not in TASKS:
+        raise CheckpointError(f"{where} says its task is {task!r}, which is none of {', '.join(TASKS)}.")
     return task
 
 
@@ -249,7 +252,7 @@ def _hub_spec(ref: str, task: str | None, registry: dict[str, CheckpointSpec]) -
     named_task, version, dpt = _task_from_folder_name(subfolder.rsplit("/", 1)[-1])
     task = _check_task(task, named_task, ref)
     return CheckpointSpec(
-        name=ref, task=task, output=_DEFAULT_OUTPUT[task], embedding=version or "v2", repo=repo,
+        name=ref, task=task, output=TASKS[task].output, embedding=version or "v2", repo=repo,
         subfolder=subfolder, dpt_head="dpt_head_identity" if dpt else None,
     )
 

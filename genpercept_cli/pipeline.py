@@ -22,6 +22,7 @@ from .errors import GenPerceptError
 from .models import DenseModel, build_model
 from .resize import MIN_SIDE, check_processing_res, image_to_tensor, processed_size, resize_float, resize_uint8
 from .runtime.device import measured_fast_path, resolve_device, resolve_dtype
+from .tasks import get_task
 
 __all__ = ["GenPerceptPipeline", "NonFiniteError", "MIN_SIDE", "check_processing_res", "image_to_tensor",
            "processed_size", "resize_float", "resize_uint8"]
@@ -185,12 +186,11 @@ class GenPerceptPipeline:
     def postprocess(self, pred: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """[C, h, w] in [0, 1] -> numpy at the input size: [H, W] (1-channel) or [H, W, 3].
 
-        Normals come back as unit vectors n = 2p - 1, renormalised after the resize.
+        Then the task's post-processing (`tasks.Task.postprocess`): normals come back as unit vectors
+        n = 2p - 1, renormalised after the resize; the other tasks as they are.
         """
         p = resize_float(pred[None].float(), size)[0].clamp(0.0, 1.0)  # [C,H,W]
-        if self.task == "normal":
-            n = p * 2.0 - 1.0
-            p = n / n.norm(dim=0, keepdim=True).clamp_min(1e-6)
+        p = get_task(self.task).postprocess(p)  # e.g. normals: unit vectors
         if p.shape[0] == 1:
             return p[0].cpu().numpy()
         return p.permute(1, 2, 0).cpu().numpy()

@@ -82,6 +82,9 @@ def test_genpercept_json_is_read_before_the_folder_name(checkpoint_root, tmp_pat
         {"task": "disparity", "embedding": "v1", "processing_res": 512}))
     spec = resolve_checkpoint(str(root / "my_finetune"))
     assert (spec.task, spec.embedding, spec.processing_res, spec.kind) == ("disparity", "v1", 512, "affine_disparity")
+    (root / "my_finetune" / "genpercept.json").write_text(json.dumps({"task": "edges"}))
+    with pytest.raises(CheckpointError, match="says its task is 'edges', which is none of depth, disparity"):
+        resolve_checkpoint(str(root / "my_finetune"))
     (root / "my_finetune" / "genpercept.json").write_text(json.dumps({"task": "depth", "colour": "red"}))
     with pytest.raises(CheckpointError, match="unknown key 'colour'"):
         resolve_checkpoint(str(root / "my_finetune"))

@@ -14,14 +14,12 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ..checkpoints import TASK_OUTPUT_KIND
 from ..dpt import DPTHead, minmax_per_image, prepare_dpt_unet, strip_unet_head_keys, unet_up_block_features
 from ..errors import CheckpointError
 from ..loading import empty_text_embedding, load_unet, load_vae
+from ..tasks import TASKS
 from . import sd
 from .base import DenseModel, Family, register_family
-
-ONE_CHANNEL_TASKS = ("depth", "disparity", "dis", "matting")
 
 
 @dataclass(frozen=True)
@@ -62,8 +60,8 @@ class OneStepModel(DenseModel):
         self.unet, self.vae, self.dpt_head = unet, vae, dpt_head
         self.register_buffer("embedding", embedding, persistent=False)  # [1, T, 1024]
         self.task, self.params = task, params
-        self.output_kind = output_kind or TASK_OUTPUT_KIND[task]
-        self.channels = 1 if task in ONE_CHANNEL_TASKS else 3
+        self.output_kind = output_kind or TASKS[task].output_kind
+        self.channels = TASKS[task].channels
         self.scale = sd.latent_scale(vae)
         self.tiled_decode_above: int | None = None  # image pixels above which `decode` goes tile by tile
 

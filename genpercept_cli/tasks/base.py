@@ -1,0 +1,103 @@
+"""What a task is: its prediction's shape and meaning, post-processing, output files, and how a saved
+prediction is read back and checked for scoring.
+
+Predictions are float32 at the input image's size: [H, W] for 1-channel tasks, [H, W, 3] otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GenPerceptError
+from ..files import quantize, read_numeric_npy
+
+# rows of the float32 prediction, and the same rows of the uint8 [H, W, 3] input image (or None)
+# -> the array stored for them (uint8 / uint16 for PNGs)
+Encoder = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One output file of a task.
+
+    suffix: appended to the image stem ("_pred.png": img.jpg -> img_pred.png); ".npy" files are
+        written with np.save, anything else as PNG.
+    encode: the stored array, computed per pixel (so it may run on stripes of rows); None stores the
+        float32 prediction as it is.
+    needs_image: encode reads the input image, which must then be uint8 [H, W, 3] at the prediction's size.
+    """
+
+    suffix: str
+    encode: Encoder | None = None
+    needs_image: bool = False
+
+
+NPY = Format("_pred.npy")  # every task's float32 prediction, the file `genpercept eval --predictions` reads
+
+
+def to_uint8(pred: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
+    """[0, 1] (clipped) -> round(v * 255) as uint8."""
+    return quantize(pred, np.uint8)
+
+
+def to_uint16(pred: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
+    """[0, 1] (clipped) -> round(v * 65535) as uint16."""
+    return quantize(pred, np.uint16)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A dense-prediction task. Subclasses override the methods where their task differs.
+
+    name: the task's name (`--task`, a checkpoint spec's `task`).
+    channels: 1 (predictions [H, W]) or 3 ([H, W, 3]).
+    output: what a prediction means, in words (a checkpoint spec's default `output`).
+    output_kind: how a checkpoint of this task is post-processed and scored unless its spec says
+        otherwise (one of `checkpoints.OUTPUT_KINDS`).
+    formats: format name -> Format, in documentation order.
+    default_formats: the formats written when none are chosen.
+    aliases: other names for formats, e.g. {"png": "png16"}: "png" is every task's main <stem>_pred.png.
+    benchmark: the task of the benchmarks that score it (`genpercept eval`), e.g. "depth" for disparity.
+    """
+
+    name: str
+    channels: int
+    output: str
+    output_kind: str
+    formats: Mapping[str, Format]
+    default_formats: tuple[str, ...]
+    benchmark: str
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+    def postprocess(self, p):
+        """p: float tensor [C, H, W] in [0, 1], resized to the input size -> this task's prediction."""
+        return p
+
+    def flip(self, pred: np.ndarray, axes: str) -> np.ndarray:
+        """`pred` with the axes `axes` (e.g. "yz") negated; only normals have axes."""
+        raise GenPerceptError(f"A normal flip only applies to the normal task, not to {self.name}.")
+
+    def read_saved(self, stem: Path) -> np.ndarray:
+        """The prediction `genpercept predict` saved for <stem>: <stem>_pred.npy as stored.
+
+        Raises FileNotFoundError when there is none, files.NotNumericPrediction for a .npy of anything
+        but bool, integers or floats."""
+        npy = Path(f"{stem}{NPY.suffix}")
+        if npy.is_file():
+            return read_numeric_npy(npy)
+        raise FileNotFoundError(npy)
+
+    def check_saved(self, pred: np.ndarray, size: tuple[int, int]) -> str | None:
+        """Why `pred` cannot be scored against a ground truth of `size` (H, W), or None."""
+        problem = self._shape_problem(pred, size)
+        if problem is None and np.issubdtype(pred.dtype, np.floating) and not np.isfinite(pred).all():
+            return "contains non-finite values"
+        return problem
+
+    def _shape_problem(self, pred: np.ndarray, size: tuple[int, int]) -> str | None:
+        expected = tuple(size) if self.channels == 1 else (*size, self.channels)
+        return None if pred.shape == expected else f"has shape {pred.shape}, expected {expected}"
