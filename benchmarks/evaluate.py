@@ -120,15 +120,15 @@ def check_prediction(pred: np.ndarray, sample: Sample, task: str) -> str | None:
     return get_task(task).check_saved(pred, sample.gt.shape[:2])
 
 
-def _prefetch(ds: EvalDataset, depth: int = 4) -> Iterator[Sample]:
-    """Decode samples in a background thread, `depth` ahead of the consumer."""
+def _prefetch(ds: EvalDataset, indices: list[int], depth: int = 4) -> Iterator[Sample]:
+    """Decode samples `indices` of `ds` in a background thread, `depth` ahead of the consumer."""
     with ThreadPoolExecutor(1) as pool:
-        futures = [pool.submit(ds.__getitem__, i) for i in range(min(depth, len(ds)))]
-        for i in range(len(ds)):
-            sample = futures[i].result()
-            if i + depth < len(ds):
-                futures.append(pool.submit(ds.__getitem__, i + depth))
-            futures[i] = None
+        futures = [pool.submit(ds.__getitem__, i) for i in indices[:depth]]
+        for k in range(len(indices)):
+            sample = futures[k].result()
+            if k + depth < len(indices):
+                futures.append(pool.submit(ds.__getitem__, indices[k + depth]))
+            futures[k] = None
             yield sample
 
 
@@ -142,12 +142,19 @@ def space_for(spec, requested: str = "auto") -> str:
     return {"affine_disparity": "disparity", "metric_depth": "metric"}.get(kind, "depth")
 
 
-def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
+def evaluate(opts: EvalOptions, progress=None, pipe=None, dist=None) -> EvalResult:
     """Run one benchmark; `pipe` (a loaded GenPerceptPipeline) is used instead of loading one.
 
     With a model, samples go through the one runner (`genpercept_cli.runtime.runner`), batched by
     processed size `opts.batch_size` at a time (0: automatic); the scores equal batch 1's.
+    `dist` (`genpercept_cli.runtime.distributed.Dist`, under torchrun): this rank scores samples rank,
+    rank + world, ...; the scorer states and problems of every rank are merged, so every rank returns
+    the result of the whole dataset, equal to a single-process run. `progress` must then be a
+    `GlobalProgress` on every rank.
     """
+    from genpercept_cli.runtime.distributed import Dist
+
+    dist = dist or Dist()
     if (opts.checkpoint is None) == (opts.predictions is None) and pipe is None:
         raise GenPerceptError("pass either --checkpoint (run the model) or --predictions DIR (score files).")
     if opts.predictions is not None and not Path(opts.predictions).is_dir():
@@ -171,11 +178,17 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
 
         pipe = GenPerceptPipeline.from_checkpoint(spec, device=opts.device, dtype=opts.dtype)
     scorer = make_scorer(ds, opts, space)
-    task_id = progress.add_task(f"eval {opts.dataset}", total=len(ds)) if progress else None
+    indices = dist.shard(list(range(len(ds))))
+    task_id = progress.add_task(f"eval {opts.dataset}", total=len(indices)) if progress else None
     if opts.predictions is not None:
-        problems = _score_files(ds, opts, scorer, progress, task_id)
+        problems = _score_files(ds, indices, opts, scorer, progress, task_id)
     else:
-        problems = _score_model(ds, opts, pipe, res, scorer, progress, task_id)
+        problems = _score_model(ds, indices, opts, pipe, res, scorer, progress, task_id)
+    if dist.active:  # every rank's states and problems, merged in dataset order
+        gathered = dist.gather((scorer.state(), problems))
+        scorer.merge([state for state, _ in gathered])
+        problems = sorted(problem for _, part in gathered for problem in part)
+    problems = [message for _index, message in problems]
     rows = [{k: v for k, v in row.items() if k not in ("index", "name")} for row in scorer.rows()]
     if not rows:
         first = problems[0] if problems else "none"
@@ -194,10 +207,11 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None) -> EvalResult:
 _NO_VALID_GT = "the ground truth has no valid pixel, so there is nothing to score"
 
 
-def _score_files(ds: EvalDataset, opts: EvalOptions, scorer, progress, task_id) -> list[str]:
-    """Score the prediction files of every sample; returns the problems, in dataset order."""
+def _score_files(ds: EvalDataset, indices: list[int], opts: EvalOptions, scorer, progress,
+                 task_id) -> list[tuple[int, str]]:
+    """Score the prediction files of samples `indices`; returns (index, problem) in dataset order."""
     problems = []
-    for index, sample in enumerate(_prefetch(ds)):
+    for index, sample in zip(indices, _prefetch(ds, indices)):
         if ds.task in ("depth", "normal") and not sample.valid.any():
             problem = _NO_VALID_GT
         else:
@@ -205,14 +219,16 @@ def _score_files(ds: EvalDataset, opts: EvalOptions, scorer, progress, task_id) 
             if problem is None:
                 problem = _score(scorer, index, sample, pred, ds.task)
         if problem is not None:
-            problems.append(f"{sample.key}: {problem}")
+            problems.append((index, f"{sample.key}: {problem}"))
         if progress is not None:
             progress.advance(task_id)
     return problems
 
 
-def _score_model(ds: EvalDataset, opts: EvalOptions, pipe, res: int, scorer, progress, task_id) -> list[str]:
-    """Run the model on every sample through the runner and score it; returns the problems, in order."""
+def _score_model(ds: EvalDataset, indices: list[int], opts: EvalOptions, pipe, res: int, scorer, progress,
+                 task_id) -> list[tuple[int, str]]:
+    """Run the model on samples `indices` through the runner and score them; returns (index, problem)
+    in dataset order."""
     from genpercept_cli.predict import auto_batch_size
     from genpercept_cli.resize import model_input
     from genpercept_cli.runtime.runner import Job, Loaded, SkipJob, run
@@ -240,10 +256,10 @@ def _score_model(ds: EvalDataset, opts: EvalOptions, pipe, res: int, scorer, pro
         return None if problem is None else f"{sample.key}: {problem}"
 
     batch_size = opts.batch_size or auto_batch_size(pipe.device, res)
-    report = run(pipe, [Job(i) for i in range(len(ds))], load, score, batch_size=batch_size, workers=1,
+    report = run(pipe, [Job(i) for i in indices], load, score, batch_size=batch_size, workers=1,
                  sink_workers=1, describe=lambda job: f"{keys[job.index]}: prediction failed", progress=progress,
                  task_id=task_id)
-    return [message for _job, message in report.failed]
+    return [(job.index, message) for job, message in report.failed]
 
 
 def _score(scorer, index: int, sample: Sample, pred: np.ndarray, task: str) -> str | None:

@@ -75,10 +75,20 @@ class PredictReport:
     skipped_existing: int = 0
     stale_removed: int = 0  # temp files of an earlier, killed run, deleted from the output folders
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    recoveries: int = 0  # batches re-run in fp32 after a non-finite half-precision result
 
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @classmethod
+    def combined(cls, reports: list[PredictReport]) -> PredictReport:
+        """The report of a data-parallel run: counts added, failures of every rank sorted by path."""
+        return cls(
+            written=sum(r.written for r in reports), skipped_existing=sum(r.skipped_existing for r in reports),
+            stale_removed=sum(r.stale_removed for r in reports), recoveries=sum(r.recoveries for r in reports),
+            failed=sorted((f for r in reports for f in r.failed), key=lambda failure: str(failure[0])),
+        )
 
 
 @dataclass
@@ -273,6 +283,7 @@ def run_predict(
     clock=None,
     overlap: bool = True,
     after_batch=None,
+    dist=None,
 ) -> PredictReport:
     """Predict every image and write its files under `output`; failures are reported, not raised.
 
@@ -286,15 +297,23 @@ def run_predict(
     wait decoded, and a few predictions wait to be written. Ctrl-C (or SIGTERM, turned into
     KeyboardInterrupt by the CLI) cancels queued reads and writes; writes already running finish, and
     each is atomic, so no partial file remains. `clock`, `overlap`, `after_batch`: see the runner.
+
+    `dist` (`runtime.distributed.Dist`, under torchrun): this rank predicts images rank, rank + world, ...
+    and the returned report is the whole run's, on every rank; `progress` must then be a
+    `GlobalProgress` on every rank.
     """
     from .outputs import write_prediction
     from .resize import model_input
+    from .runtime.distributed import Dist
     from .runtime.runner import Loaded, run
 
+    dist = dist or Dist()
     opts = (options or PredictOptions()).validate(pipe.spec)
     batch_size = opts.batch_size or auto_batch_size(pipe.device, opts.processing_res)
     report = PredictReport()
-    jobs = _plan_jobs(pipe, images, output, opts, report)
+    jobs = _plan_jobs(pipe, images, output, opts, report, dist)
+    if dist.active and progress is None:
+        dist.gather(None)  # no rank writes before rank 0 has removed stale temporary files
     task_id = progress.add_task("predict", total=len(jobs)) if progress else None
     keep_image = "rgba" in opts.formats  # the cut-out is the only output that needs the full-res pixels
 
@@ -313,19 +332,23 @@ def run_predict(
                      clock=clock, progress=progress, task_id=task_id)
     report.written = result.done
     report.failed += [(images[job.index].path, message) for job, message in result.failed]
-    return report
+    report.recoveries = pipe.recoveries
+    return PredictReport.combined(dist.gather(report)) if dist.active else report
 
 
-def _plan_jobs(pipe, images: list[InputImage], output: Path, opts: PredictOptions, report: PredictReport) -> list:
-    """One runner job per image to predict, from its header: removes stale temp files of a killed run,
-    counts images already done (--skip-existing) and lists unreadable or too thin ones in `report`."""
+def _plan_jobs(pipe, images: list[InputImage], output: Path, opts: PredictOptions, report: PredictReport,
+               dist) -> list:
+    """One runner job per image of this rank's share, from its header: removes stale temp files of a
+    killed run (rank 0 only, before any rank writes: progress totals are gathered after this), counts
+    images already done (--skip-existing) and lists unreadable or too thin ones in `report`."""
     from .outputs import output_paths, remove_stale_temp_files
     from .runtime.runner import Job
 
-    for folder in sorted({(output / item.rel_stem).parent for item in images}):
-        report.stale_removed += remove_stale_temp_files(folder)
+    if dist.is_main:
+        for folder in sorted({(output / item.rel_stem).parent for item in images}):
+            report.stale_removed += remove_stale_temp_files(folder)
     jobs = []
-    for index, item in enumerate(images):
+    for index, item in dist.shard(list(enumerate(images))):
         stem = output / item.rel_stem
         if opts.skip_existing and all(p.exists() for p in output_paths(stem, pipe.task, opts.formats)):
             report.skipped_existing += 1

@@ -313,7 +313,7 @@ def test_checkpoint_with_predictions_warns_it_is_not_run(tmp_path, monkeypatch, 
 
     seen = {}
 
-    def record_and_stop(opts, progress):
+    def record_and_stop(opts, progress, dist=None):
         seen["opts"] = opts
         raise GenPerceptError("stopped before scoring")
 

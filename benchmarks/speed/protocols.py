@@ -153,6 +153,10 @@ class MarigoldBaseline:
         self.schedule = ddim_schedule(steps)
         self.seed = seed
 
+
+    @property
+    def recoveries(self) -> int:
+        return self.pipe.recoveries
     def postprocess(self, pred, size):
         return self.pipe.postprocess(pred, size)
 

@@ -44,6 +44,13 @@ def _root(
     """Run, evaluate and benchmark GenPercept one-step dense-perception models."""
 
 
+def _rank_prefix() -> str:
+    """'rank N: ' in a data-parallel run (WORLD_SIZE > 1), else ''."""
+    import os
+
+    return f"rank {os.environ.get('RANK', '?')}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
 def user_errors(fn):
     """Turn the errors a user can cause into one red line and their exit code (never a traceback)."""
 
@@ -52,7 +59,8 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except GenPerceptError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            console.quiet = False  # under torchrun only rank 0 prints, but every rank reports its own error
+            console.print(f"[bold red]error:[/] {_rank_prefix()}{escape(str(exc))}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             what = "terminated" if isinstance(exc, Terminated) else "interrupted"

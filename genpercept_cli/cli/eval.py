@@ -40,7 +40,10 @@ def eval_command(
 
     from ..checkpoints import default_checkpoint, resolve_checkpoint
     from ..outputs import check_writable, parse_normal_flip
+    from ..runtime.distributed import GlobalProgress, from_environment, rank_device
 
+    dist = from_environment()  # under torchrun: this rank's share of the samples, rank 0 prints and writes
+    console.quiet = not dist.is_main
     if dataset not in DATASETS:
         raise GenPerceptError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}.")
     _check_choice("--space", space, ("auto", "depth", "disparity", "metric"))
@@ -81,13 +84,19 @@ def eval_command(
         predictions=predictions, save_predictions=save_predictions, limit=limit, processing_res=processing_res,
         space=space if predictions is None or checkpoint is None else _space_of(checkpoint, space, task),
         eth3d_subsample=eth3d_subsample, normal_mode=normal_mode, normal_flip=normal_flip,
-        seg_convention=seg_convention, with_hce=hce, hce_variant=hce_variant, device=device, dtype=dtype,
-        batch_size=batch_size,
+        seg_convention=seg_convention, with_hce=hce, hce_variant=hce_variant, device=rank_device(device, dist),
+        dtype=dtype, batch_size=batch_size,
     )
     with make_progress() as progress:
-        result = evaluate(opts, progress)
-    print_eval_result(result)
-    write_outputs(result, output, csv_path)
+        tracker = GlobalProgress(progress if dist.is_main else None, dist)
+        try:
+            result = evaluate(opts, tracker, dist=dist)
+        finally:
+            tracker.finish()
+    dist.close()
+    if dist.is_main:
+        print_eval_result(result)
+        write_outputs(result, output, csv_path)
     for problem in result.problems[:20]:
         console.print(f"[yellow]problem[/] {escape(problem)}", highlight=False)
     if len(result.problems) > 20:

@@ -33,7 +33,10 @@ def predict_command(
     from ..checkpoints import default_checkpoint, resolve_checkpoint
     from ..outputs import check_writable
     from ..predict import PredictOptions, auto_batch_size, discover_images, run_predict
+    from ..runtime.distributed import GlobalProgress, from_environment, rank_device
 
+    dist = from_environment()  # under torchrun: this rank's share, its own device, rank 0 prints
+    console.quiet = not dist.is_main
     scan = discover_images(source)  # skips earlier outputs, so -o may be the source folder itself
     images = scan.images
     spec = resolve_checkpoint(checkpoint or default_checkpoint(task or "depth"), task)
@@ -46,16 +49,22 @@ def predict_command(
     from ..pipeline import GenPerceptPipeline
 
     with console.status(f"loading checkpoint {spec.name} ({spec.task})"):
-        pipe = GenPerceptPipeline.from_checkpoint(spec, device=device, dtype=dtype, compile=compile)
+        pipe = GenPerceptPipeline.from_checkpoint(spec, device=rank_device(device, dist), dtype=dtype, compile=compile)
     res = options.processing_res
     options = replace(options, batch_size=options.batch_size or auto_batch_size(pipe.device, res))
     console.print(
         f"{len(images)} images -> {output}  [dim]task={spec.task} res={res or 'native'} batch={options.batch_size} "
-        f"device={pipe.device} dtype={str(pipe.dtype).removeprefix('torch.')}[/]", highlight=False,
+        f"device={pipe.device} dtype={str(pipe.dtype).removeprefix('torch.')}"
+        + (f" ranks={dist.world}" if dist.active else "") + "[/]", highlight=False,
     )
     start = time.perf_counter()
     with make_progress() as progress:
-        report = run_predict(pipe, images, output, options, progress)
+        tracker = GlobalProgress(progress if dist.is_main else None, dist)
+        try:
+            report = run_predict(pipe, images, output, options, tracker, dist=dist)
+        finally:
+            tracker.finish()
+    dist.close()
     elapsed = time.perf_counter() - start
     failed = scan.unreadable + report.failed  # an unreadable file or folder counts as one failed input
     for _path, message in failed:
@@ -76,6 +85,6 @@ def _summary(scan, report, failed: list, pipe, elapsed: float) -> str:
         summary += f", {note}"
     if report.stale_removed:
         summary += f", {report.stale_removed} temporary files of an interrupted run removed"
-    if pipe.recoveries:
-        summary += f", {pipe.recoveries} batches re-run in fp32 after a non-finite {pipe.dtype} result"
+    if report.recoveries:
+        summary += f", {report.recoveries} batches re-run in fp32 after a non-finite {pipe.dtype} result"
     return summary
