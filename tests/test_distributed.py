@@ -152,3 +152,15 @@ def test_eval_command_under_torchrun_prints_once_and_writes_the_report(tmp_path,
     assert code == 0, out
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert one == two and out.count("nyu: 2 images") == 1
+
+
+def test_bench_speed_under_torchrun_reports_each_rank_and_the_aggregate(tmp_path):
+    code, out = finish(torchrun("-m", "genpercept_cli", "bench-speed", "--random-weights", "--model-size", "tiny",
+                                "--resolution", "32", "--warmup", "0", "--repeats", "1", "--device", "cpu",
+                                "--json", "bench.json", cwd=tmp_path))
+    assert code == 0, out
+    report = json.loads((tmp_path / "bench.json").read_text())
+    ranks = report["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["images_per_s"] > 0 for r in ranks)
+    assert report["aggregate_images_per_s"] == sum(r["images_per_s"] for r in ranks)
+    assert out.count("aggregate") == 1  # rank 0 alone prints

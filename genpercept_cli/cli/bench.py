@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from ..errors import GenPerceptError
+from .console import console
 
 
 def bench_speed(
@@ -49,7 +50,9 @@ def bench_speed(
     from benchmarks.speed import BenchConfig, parse_protocols, print_report, run_benchmark
 
     from ..outputs import atomic_write, check_writable
+    from ..runtime.distributed import from_environment, rank_device
 
+    dist = from_environment()  # under torchrun: every rank measures its own device at the same time
     if tile_above < 0:
         raise GenPerceptError("--tile-above must be 0 (never) or a number of megapixels.")
     if json_path is not None:
@@ -57,14 +60,28 @@ def bench_speed(
     cfg = BenchConfig(
         random_weights=random_weights, checkpoint=checkpoint, model_size=model_size, head=head,
         protocols=parse_protocols(protocol, steps, ensemble), resolution=resolution, input_size=input_size,
-        batch_size=batch_size, num_images=num_images, dtype=dtype, device=device, compile=compile,
+        batch_size=batch_size, num_images=num_images, dtype=dtype, device=rank_device(device, dist), compile=compile,
         cuda_graphs=cuda_graphs, channels_last=channels_last, overlap_io=overlap_io,
         tiled_decode_above=int(tile_above * 1e6) if tile_above > 0 else None,
         attention=attention, warmup=warmup, repeats=repeats, seed=seed,
     ).validate()
+    dist.gather(None)  # ranks start together, so their measurements overlap in time
     report = run_benchmark(cfg)
     report["command"] = {k: v for k, v in asdict(cfg).items() if k != "protocols"} | {
         "protocols": [p.label + (f"@{p.repeats}" if p.repeats else "") for p in cfg.protocols]}
+    if dist.active:
+        per_rank = dist.gather({"rank": dist.rank, "device": report["device"], "device_name": report["device_name"],
+                                "images_per_s": report["images_per_s"],
+                                "latency_ms_per_image": report["latency_ms_per_image"]})
+        report["ranks"] = per_rank
+        report["aggregate_images_per_s"] = sum(r["images_per_s"] for r in per_rank)
+        dist.close()
+    if not dist.is_main:
+        return
     print_report(report)
+    if dist.active:
+        rates = ", ".join(f"rank {r['rank']} ({r['device']}) {r['images_per_s']:.2f}" for r in report["ranks"])
+        console.print(f"one-step images/s per rank: {rates}; aggregate {report['aggregate_images_per_s']:.2f} "
+                      f"over {dist.world} ranks, measured at the same time", highlight=False)
     if json_path is not None:
         atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
