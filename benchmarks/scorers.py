@@ -21,15 +21,12 @@ returns the same floats as one scorer that saw every sample in dataset order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .datasets import EvalDataset, Sample
 from .metrics.merge import check_new_index, check_settings, union_by_index
-
-if TYPE_CHECKING:
-    from .evaluate import EvalOptions
 
 
 class Scorer:
@@ -241,8 +238,9 @@ class SegScorer(Scorer):
         return self.acc.compute()
 
 
-def make_scorer(ds: EvalDataset, opts: EvalOptions, space: str) -> Scorer:
-    """The scorer of `ds.task` with the options of `opts`; `space` is the resolved depth space."""
+def make_scorer(ds: EvalDataset, opts, space: str) -> Scorer:
+    """The scorer of `ds.task` with the options of `opts` (an `evaluate.EvalOptions`); `space` is the
+    resolved depth space."""
     if ds.task == "depth":
         return DepthScorer(ds, space, opts.eth3d_subsample)
     if ds.task == "normal":
