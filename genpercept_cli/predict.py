@@ -311,7 +311,7 @@ def run_predict(
     opts = (options or PredictOptions()).validate(pipe.spec)
     batch_size = opts.batch_size or auto_batch_size(pipe.device, opts.processing_res)
     report = PredictReport()
-    jobs = _plan_jobs(pipe, images, output, opts, report, dist)
+    jobs = _plan_jobs(pipe, images, output, opts, report, dist, batch_size)
     if dist.active and progress is None:
         dist.gather(None)  # no rank writes before rank 0 has removed stale temporary files
     task_id = progress.add_task("predict", total=len(jobs)) if progress else None
@@ -337,10 +337,14 @@ def run_predict(
 
 
 def _plan_jobs(pipe, images: list[InputImage], output: Path, opts: PredictOptions, report: PredictReport,
-               dist) -> list:
-    """One runner job per image of this rank's share, from its header: removes stale temp files of a
-    killed run (rank 0 only, before any rank writes: progress totals are gathered after this), counts
-    images already done (--skip-existing) and lists unreadable or too thin ones in `report`."""
+               dist, batch_size: int) -> list:
+    """This rank's runner jobs, from the images' headers: removes stale temp files of a killed run (rank 0
+    only, before any rank writes: progress totals are gathered after this), counts images already done
+    (--skip-existing) and lists unreadable or too thin ones in `report`.
+
+    Under torchrun every rank plans every image (headers are cheap) and takes its size-balanced share
+    (`Dist.shard_batches`); image i's skip or failure is counted by rank i mod world only, so the
+    combined report counts it once."""
     from .outputs import output_paths, remove_stale_temp_files
     from .runtime.runner import Job
 
@@ -348,18 +352,21 @@ def _plan_jobs(pipe, images: list[InputImage], output: Path, opts: PredictOption
         for folder in sorted({(output / item.rel_stem).parent for item in images}):
             report.stale_removed += remove_stale_temp_files(folder)
     jobs = []
-    for index, item in dist.shard(list(enumerate(images))):
+    for index, item in enumerate(images):
+        mine = index % dist.world == dist.rank
         stem = output / item.rel_stem
         if opts.skip_existing and all(p.exists() for p in output_paths(stem, pipe.task, opts.formats)):
-            report.skipped_existing += 1
+            report.skipped_existing += mine
             continue
         try:
             jobs.append(Job(index, pipe.processed_size(*read_size(item.path), opts.processing_res)))
         except ImageReadError as exc:
-            report.failed.append((item.path, str(exc)))
+            if mine:
+                report.failed.append((item.path, str(exc)))
         except GenPerceptError as exc:  # too thin for the model
-            report.failed.append((item.path, f"{item.path}: {exc}"))
-    return jobs
+            if mine:
+                report.failed.append((item.path, f"{item.path}: {exc}"))
+    return dist.shard_batches(jobs, batch_size)
 
 
 @contextmanager

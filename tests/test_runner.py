@@ -230,3 +230,18 @@ def test_eval_cli_batch_size_and_metric_space(tmp_path, checkpoint_root):
     report = json.loads(out.read_text())
     assert report["protocol"]["alignment"] == "none" and report["protocol"]["space"] == "metric"
     assert report["metrics"]["absrel"] == 0 and report["metrics"]["delta1"] == 1
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+def test_size_balanced_shards_keep_batches_full_and_cover_every_job_once(world, batch_size):
+    from genpercept_cli.runtime.distributed import Dist
+
+    jobs, sizes = _jobs(37, 9, known=True)
+    shares = [Dist(rank, world).shard_batches(jobs, batch_size) for rank in range(world)]
+    assert sorted(job.index for share in shares for job in share) == list(range(37))
+    for size in set(sizes):
+        counts = [sum(job.size == size for job in share) for share in shares]
+        partial = [c % batch_size for c in counts if c % batch_size]
+        assert len(partial) <= 1  # only the last batch of a size may be short, on one rank
+        assert max(counts) - min(counts) <= batch_size  # every rank gets its share of every size

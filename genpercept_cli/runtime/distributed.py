@@ -2,7 +2,8 @@
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT).
 
 Each rank runs the same command on its own device (`cuda:LOCAL_RANK`, or the CPU) over a deterministic
-share of the work: item i goes to rank i mod WORLD_SIZE, so no item is dropped, padded in or done twice.
+share of the work (`shard`: item i to rank i mod WORLD_SIZE; `shard_batches`: batches of one processed
+size dealt in turn), so no item is dropped, padded in or done twice.
 Results meet on rank 0 (`gather`), which alone prints; a shared counter in the process group's store
 gives rank 0 the global progress. Collectives time out (GENPERCEPT_DIST_TIMEOUT seconds, default 1800)
 instead of hanging forever when a rank is gone; torchrun itself stops the other ranks when one fails.
@@ -45,6 +46,19 @@ class Dist:
     def shard(self, items: list) -> list:
         """This rank's share: items rank, rank + world, ... (in order)."""
         return items[self.rank :: self.world] if self.active else items
+
+    def shard_batches(self, jobs: list, batch_size: int) -> list:
+        """This rank's share of runner jobs whose processed sizes are known, balanced by size: the jobs
+        are bucketed by size, each bucket cut into batches of `batch_size`, and the batches dealt to the
+        ranks in turn, so every batch but the last of each size is full and each rank gets its share of
+        every size. Every rank computes the same plan; no job is dropped, padded in or given twice."""
+        if not self.active:
+            return jobs
+        buckets: dict = {}
+        for job in jobs:
+            buckets.setdefault(job.size, []).append(job)
+        batches = [bucket[i : i + batch_size] for bucket in buckets.values() for i in range(0, len(bucket), batch_size)]
+        return [job for k, batch in enumerate(batches) if k % self.world == self.rank for job in batch]
 
     def gather(self, obj) -> list:
         """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects).
