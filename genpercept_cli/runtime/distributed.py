@@ -83,10 +83,13 @@ class Dist:
         return sum(self.gather(value))
 
     def close(self) -> None:
+        """Leave the process group once every rank is done with it (a rank tearing its connections
+        down while another still talks to it can abort the other)."""
         if self.active:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                self.gather(None)
                 dist.destroy_process_group()
 
     # -- global progress ---------------------------------------------------------------------------
