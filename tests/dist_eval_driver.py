@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.evaluate import EvalOptions, evaluate
-from genpercept_cli.runtime.distributed import GlobalProgress, from_environment
+from genpercept_cli.runtime.distributed import GlobalProgress, exit_process, from_environment
 
 
 def main(cases_file: str, out_dir: str) -> None:
@@ -21,3 +21,4 @@ def main(cases_file: str, out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    exit_process(0)  # as the command line ends a data-parallel run

@@ -26,7 +26,7 @@ REPO = TESTS.parent
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "OMP_NUM_THREADS": "1",
-           "GENPERCEPT_DIST_TIMEOUT": "60"}
+           "GENPERCEPT_DIST_TIMEOUT": "60", "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            *args]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

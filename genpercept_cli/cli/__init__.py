@@ -5,7 +5,6 @@ inside the commands so that `genpercept --help` answers at once."""
 from __future__ import annotations
 
 import functools
-import sys
 
 import typer
 from rich.markup import escape
@@ -86,4 +85,11 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _raise_terminated)
-    sys.exit(app())
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    from ..runtime.distributed import exit_process
+
+    exit_process(code)
