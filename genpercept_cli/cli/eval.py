@@ -89,10 +89,7 @@ def eval_command(
     )
     with make_progress() as progress:
         tracker = GlobalProgress(progress if dist.is_main else None, dist)
-        try:
-            result = evaluate(opts, tracker, dist=dist)
-        finally:
-            tracker.finish()
+        result = evaluate(opts, tracker, dist=dist)
     dist.close()
     if dist.is_main:
         print_eval_result(result)

@@ -60,10 +60,7 @@ def predict_command(
     start = time.perf_counter()
     with make_progress() as progress:
         tracker = GlobalProgress(progress if dist.is_main else None, dist)
-        try:
-            report = run_predict(pipe, images, output, options, tracker, dist=dist)
-        finally:
-            tracker.finish()
+        report = run_predict(pipe, images, output, options, tracker, dist=dist)
     dist.close()
     elapsed = time.perf_counter() - start
     failed = scan.unreadable + report.failed  # an unreadable file or folder counts as one failed input

@@ -3,8 +3,8 @@
     from genpercept_cli.models import build_model, register_family, DenseModel, Family
 """
 
-from .base import FAMILIES, OUTPUT_KINDS, TASK_OUTPUT_KIND, DenseModel, Family, build_model, register_family
+from .base import FAMILIES, OUTPUT_KINDS, DenseModel, Family, build_model, register_family
 from .one_step import OneStepModel, OneStepParams
 
-__all__ = ["FAMILIES", "OUTPUT_KINDS", "TASK_OUTPUT_KIND", "DenseModel", "Family", "OneStepModel",
+__all__ = ["FAMILIES", "OUTPUT_KINDS", "DenseModel", "Family", "OneStepModel",
            "OneStepParams", "build_model", "register_family"]

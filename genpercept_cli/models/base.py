@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..checkpoints import OUTPUT_KINDS, TASK_OUTPUT_KIND  # noqa: F401  (re-exported)
+from ..checkpoints import OUTPUT_KINDS  # noqa: F401  (re-exported)
 from ..errors import CheckpointError
 from ..resize import processed_size
 

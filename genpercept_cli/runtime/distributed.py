@@ -76,9 +76,6 @@ class Dist:
             ) from None
         return out
 
-    def sum(self, value: int) -> int:
-        return sum(self.gather(value))
-
     def close(self) -> None:
         """Wait until every rank is done with the others. The process group is left to the process's
         exit: with `destroy_process_group()` here, a rank aborted at exit now and then under load in
@@ -168,6 +165,3 @@ class GlobalProgress:
     def advance(self, task_id=None) -> None:
         if self.progress is not None:
             self.progress.advance(self.task_id)
-
-    def finish(self) -> None:
-        """Kept for callers: nothing runs in the background."""
