@@ -57,6 +57,8 @@ class CheckpointSpec:
     family: str = "genpercept"  # models.FAMILIES key: how the weights become a model
     family_params: dict = field(default_factory=dict)  # e.g. timestep, parametrization (models.one_step)
     output_kind: str | None = None  # None: the task's (tasks.Task.output_kind); e.g. "metric_depth"
+    url: str | None = None  # single-file releases fetched by hand: the page to download `file` from
+    file: str | None = None  # that release's file name (e.g. a .pth), looked for in the checkpoint home
 
     @property
     def kind(self) -> str:
@@ -87,6 +89,7 @@ class CheckpointFiles:
     unet_dir: Path  # the U-Net folder; for other families, the checkpoint folder
     vae_dir: Path | None
     dpt_dir: Path | None = None
+    weights_file: Path | None = None  # a single-file release (e.g. a .pth) its family converts on load
 
 
 def _registry_text() -> str:
