@@ -184,13 +184,13 @@ class GenPerceptPipeline:
     # -- post-processing -----------------------------------------------------------------------
     @torch.inference_mode()
     def postprocess(self, pred: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-        """[C, h, w] in [0, 1] -> numpy at the input size: [H, W] (1-channel) or [H, W, 3].
+        """[C, h, w] model output -> numpy at the input size: [H, W] (1-channel) or [H, W, C].
 
-        Then the task's post-processing (`tasks.Task.postprocess`): normals come back as unit vectors
-        n = 2p - 1, renormalised after the resize; the other tasks as they are.
+        Resized bilinearly, then the task's post-processing (`tasks.Task.postprocess`): [0, 1] outputs
+        clipped there; normals come back as unit vectors n = 2p - 1, renormalised after the resize.
         """
-        p = resize_float(pred[None].float(), size)[0].clamp(0.0, 1.0)  # [C,H,W]
-        p = get_task(self.task).postprocess(p)  # e.g. normals: unit vectors
+        p = resize_float(pred[None].float(), size)[0]  # [C,H,W]
+        p = get_task(self.task).postprocess(p)  # e.g. clipped to [0, 1]; normals: unit vectors
         if p.shape[0] == 1:
             return p[0].cpu().numpy()
         return p.permute(1, 2, 0).cpu().numpy()

@@ -80,9 +80,9 @@ def test_normal_postprocess_is_2p_minus_1_renormalised():
 
 
 @pytest.mark.parametrize("name", ["depth", "disparity", "dis", "matting", "seg"])
-def test_other_tasks_postprocess_is_identity(name):
-    p = torch.rand(3, 2, 2)
-    assert get_task(name).postprocess(p) is p
+def test_other_tasks_postprocess_clips_to_0_1(name):
+    p = torch.tensor([[[-0.5, 0.25], [1.0, 1.5]]])
+    torch.testing.assert_close(get_task(name).postprocess(p), torch.tensor([[[0.0, 0.25], [1.0, 1.0]]]))
 
 
 # --- a toy task: one new Task, no other code -----------------------------------------------------

@@ -74,8 +74,9 @@ class Task:
     aliases: Mapping[str, str] = field(default_factory=dict)
 
     def postprocess(self, p):
-        """p: float tensor [C, H, W] in [0, 1], resized to the input size -> this task's prediction."""
-        return p
+        """p: float tensor [C, H, W], the model's output resized to the input size -> this task's prediction
+        (here: clipped to [0, 1], the range of the one-step models' outputs)."""
+        return p.clamp(0.0, 1.0)
 
     def flip(self, pred: np.ndarray, axes: str) -> np.ndarray:
         """`pred` with the axes `axes` (e.g. "yz") negated; only normals have axes."""
