@@ -57,6 +57,7 @@ class CheckpointSpec:
     family: str = "genpercept"  # models.FAMILIES key: how the weights become a model
     family_params: dict = field(default_factory=dict)  # e.g. timestep, parametrization (models.one_step)
     output_kind: str | None = None  # None: the task's (tasks.Task.output_kind); e.g. "metric_depth"
+    labels: str | None = None  # class-label set of a semantic-segmentation model (e.g. "ade20k"): names, palette
     url: str | None = None  # single-file releases fetched by hand: the page to download `file` from
     file: str | None = None  # that release's file name (e.g. a .pth), looked for in the checkpoint home
 
@@ -139,7 +140,8 @@ def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
     declared = _read_spec_file(folder)
     if declared.get("family", "genpercept") != "genpercept":
         task = _check_task(task, declared.get("task"), str(folder))
-        extra = {k: declared[k] for k in ("family", "family_params", "output_kind", "processing_res") if k in declared}
+        extra = {k: declared[k] for k in ("family", "family_params", "output_kind", "processing_res", "labels")
+                 if k in declared}
         return CheckpointSpec(name=str(folder), task=task, output=TASKS[task].output, unet_dir=folder, **extra)
     if (folder / "config.json").is_file() and (folder.parent / "vae").is_dir():
         unet_dir, vae_dir = folder, folder.parent / "vae"
@@ -176,7 +178,7 @@ def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
 
 
 _SPEC_FILE_KEYS = {"task": str, "family": str, "family_params": dict, "output_kind": str, "embedding": str,
-                   "processing_res": int, "dpt_head": bool}
+                   "processing_res": int, "dpt_head": bool, "labels": str}
 
 
 def _read_spec_file(unet_dir: Path) -> dict:

@@ -190,7 +190,7 @@ class GenPerceptPipeline:
         clipped there; normals come back as unit vectors n = 2p - 1, renormalised after the resize.
         """
         p = resize_float(pred[None].float(), size)[0]  # [C,H,W]
-        p = get_task(self.task).postprocess(p)  # e.g. clipped to [0, 1]; normals: unit vectors
+        p = get_task(self.task).postprocess(p, self.spec.kind)  # e.g. clipped to [0, 1]; normals: unit vectors
         if p.shape[0] == 1:
             return p[0].cpu().numpy()
         return p.permute(1, 2, 0).cpu().numpy()

@@ -73,9 +73,10 @@ class Task:
     benchmark: str
     aliases: Mapping[str, str] = field(default_factory=dict)
 
-    def postprocess(self, p):
+    def postprocess(self, p, kind: str | None = None):
         """p: float tensor [C, H, W], the model's output resized to the input size -> this task's prediction
-        (here: clipped to [0, 1], the range of the one-step models' outputs)."""
+        (here: clipped to [0, 1], the range of the one-step models' outputs). kind: the checkpoint's output
+        kind (`checkpoints.OUTPUT_KINDS`; None = the task's), for tasks whose outputs differ by kind."""
         return p.clamp(0.0, 1.0)
 
     def flip(self, pred: np.ndarray, axes: str) -> np.ndarray:

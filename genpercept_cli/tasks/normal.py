@@ -33,7 +33,7 @@ def _rgb(pred: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
 
 
 class NormalTask(Task):
-    def postprocess(self, p):
+    def postprocess(self, p, kind: str | None = None):
         """p [3, H, W] in [0, 1] -> unit vectors n = 2p - 1, renormalised after the resize."""
         n = p.clamp(0.0, 1.0) * 2.0 - 1.0
         return n / n.norm(dim=0, keepdim=True).clamp_min(1e-6)
