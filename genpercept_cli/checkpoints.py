@@ -23,7 +23,7 @@ DPT_FILES = ("model.safetensors",)
 _HUB_NAME = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?")  # one hub name part; no leading/trailing . or -
 # What a model's output means; decides how it is post-processed and scored (depth alignment).
 OUTPUT_KINDS = ("affine_depth", "affine_disparity", "metric_depth", "normal", "probability", "alpha",
-                "seg_colors")
+                "seg_colors", "class_scores")
 SPEC_FILE = "genpercept.json"  # beside the weights: what the checkpoint is, read before any name guess
 
 
