@@ -1,8 +1,11 @@
 """Find and fetch checkpoints: the named registry, Hugging Face hub ids and local folders (SPEC §2).
 
-A checkpoint is a U-Net folder (`config.json` + `diffusion_pytorch_model.safetensors`), the shared
-`vae/` folder and, for the DPT-head model, a `dpt_head_*` folder. This module only locates files;
-`loading.py` turns them into modules.
+A GenPercept checkpoint is a U-Net folder (`config.json` + `diffusion_pytorch_model.safetensors`), the
+shared `vae/` folder and, for the DPT-head model, a `dpt_head_*` folder. The other one-step families
+(E2E-FT, Lotus-D, Marigold) come as diffusers pipeline folders: `model_index.json`, `scheduler/`,
+`unet/`, `vae/` (text encoder and tokenizer are not needed: see models.pipeline_configs); which family a
+folder is, is read from those configs (`pipeline_family`). This module only locates files and reads
+configs; `loading.py` turns them into modules.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ _HUB_NAME = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?")  # one hub name p
 OUTPUT_KINDS = ("affine_depth", "affine_disparity", "metric_depth", "normal", "probability", "alpha",
                 "seg_colors", "class_scores")
 SPEC_FILE = "genpercept.json"  # beside the weights: what the checkpoint is, read before any name guess
+# One-step families published as diffusers pipeline folders; "detect" = read the family from the configs.
+PIPELINE_FAMILIES = ("e2e-ft", "lotus-d", "marigold")
+DETECT = "detect"
+PIPELINE_FILES = ("model_index.json", "scheduler/scheduler_config.json")  # beside unet/ and vae/
+RELEASE_SUFFIXES = (".pth", ".pt", ".ckpt")  # single-file releases (models.metaprompts), see releases.py
 
 
 def __getattr__(name: str):
@@ -60,6 +68,7 @@ class CheckpointSpec:
     labels: str | None = None  # class-label set of a semantic-segmentation model (e.g. "ade20k"): names, palette
     url: str | None = None  # single-file releases fetched by hand: the page to download `file` from
     file: str | None = None  # that release's file name (e.g. a .pth), looked for in the checkpoint home
+    license: str | None = None  # the weights' licence, as their model card states it
 
     @property
     def kind(self) -> str:
@@ -69,6 +78,16 @@ class CheckpointSpec:
     @property
     def is_local(self) -> bool:
         return self.unet_dir is not None
+
+    @property
+    def is_pipeline(self) -> bool:
+        """A diffusers pipeline folder (model_index.json, scheduler/, unet/, vae/) of a one-step family."""
+        return self.family in PIPELINE_FAMILIES or self.family == DETECT
+
+    @property
+    def is_release(self) -> bool:
+        """A single-file release fetched by hand (releases.py), not a hub repository."""
+        return self.file is not None and not self.is_local
 
     @property
     def has_dpt_head(self) -> bool:
@@ -137,6 +156,10 @@ def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
     """A local folder: a per-task repo (`unet_*` + `vae/`) or a `unet_*` folder whose parent has `vae/`;
     or any folder whose `genpercept.json` names another family (its builder reads the folder)."""
     _refuse_part_folder(folder)
+    if folder.name == "unet" and is_pipeline_folder(folder.parent):  # the pipeline's unet/ stands for it
+        folder = folder.parent
+    if is_pipeline_folder(folder):
+        return _pipeline_spec(folder, task)
     declared = _read_spec_file(folder)
     if declared.get("family", "genpercept") != "genpercept":
         task = _check_task(task, declared.get("task"), str(folder))
@@ -175,6 +198,95 @@ def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
         name=str(folder), task=task, output=TASKS[task].output, embedding=version or "v2",
         unet_dir=unet_dir, vae_dir=vae_dir, dpt_dir=dpt_dir, **extra,
     )
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in `path`; a missing, unreadable or non-object file is one sentence."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; copy it from the released checkpoint.") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}).") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(data).__name__}.")
+    return data
+
+
+def is_pipeline_folder(folder: Path) -> bool:
+    """A diffusers pipeline folder: model_index.json beside unet/ (E2E-FT, Lotus, Marigold releases)."""
+    return (folder / "model_index.json").is_file() and (folder / "unet").is_dir()
+
+
+SCHEDULERS = ("DDIMScheduler", "DDPMScheduler")  # same schedule and parametrisations: one DDIM step applies
+PREDICTION_TYPES = {"v_prediction": "v", "epsilon": "eps", "sample": "x0"}  # scheduler config -> models.sd
+
+
+def pipeline_family(root: Path) -> str:
+    """The one-step family of a diffusers pipeline folder, read from its own configs.
+
+    lotus-d   unet in_channels 4 and class_embed_type "projection" with 4 inputs (the task switcher)
+    marigold  model_index.json's _class_name starts with "Marigold"; unet in_channels 8
+    e2e-ft    any other pipeline class (E2E-FT publishes "StableDiffusionPipeline"); in_channels 8 or 4
+    Raises CheckpointError naming what was found when no family matches.
+    """
+    pipeline = read_json(root / "model_index.json").get("_class_name")
+    unet_path = root / "unet" / "config.json"
+    unet = read_json(unet_path)
+    channels, embed = unet.get("in_channels", 4), unet.get("class_embed_type")
+    found = f"{unet_path} has in_channels {channels} and class_embed_type {embed!r} (pipeline {pipeline!r})"
+    if embed == "projection" and unet.get("projection_class_embeddings_input_dim") == 4 and channels == 4:
+        return "lotus-d"
+    if embed == "projection" and channels == 8:
+        raise CheckpointError(f"{found}: a generative Lotus-G model, which is not one-step; use a Lotus-D "
+                              "checkpoint such as jingheya/lotus-depth-d-v1-0.")
+    marigold = str(pipeline).startswith("Marigold")
+    if embed is not None or channels not in ((8,) if marigold else (4, 8)):
+        raise CheckpointError(f"{found}, which matches no one-step family: E2E-FT has 4 or 8 input channels, "
+                              "Marigold 8, Lotus-D 4 with a 4-input projection class embedding.")
+    family = "marigold" if marigold else "e2e-ft"
+    _check_scheduler(root / "scheduler" / "scheduler_config.json", family)
+    return family
+
+
+def _check_scheduler(path: Path, family: str) -> None:
+    """The scheduler whose one DDIM step the family's maths is: DDIM/DDPM, a known prediction type."""
+    config = read_json(path)
+    name, kind = config.get("_class_name"), config.get("prediction_type", "epsilon")
+    if name not in SCHEDULERS:
+        raise CheckpointError(f"{path} is a {name}, not the DDIM scheduler whose one step {family} runs.")
+    if kind not in PREDICTION_TYPES:
+        raise CheckpointError(f"{path} has prediction_type {kind!r}; known: {', '.join(PREDICTION_TYPES)}.")
+
+
+def _pipeline_task(root: Path, name: str) -> str | None:
+    """Marigold's pipeline class or prediction_type says the task; other releases say it in their name."""
+    index = read_json(root / "model_index.json")
+    by_class = {"MarigoldDepthPipeline": "depth", "MarigoldNormalsPipeline": "normal"}
+    by_kind = {"depth": "depth", "normals": "normal"}
+    return by_class.get(index.get("_class_name")) or by_kind.get(index.get("prediction_type")) or (
+        _task_from_repo_name(name))
+
+
+def _task_from_repo_name(name: str) -> str | None:
+    """"lotus-normal-d-v1-1" -> normal, "...-disparity" -> disparity, "...-depth" -> depth, else None."""
+    lowered = name.lower()
+    return next((task for word, task in (("normal", "normal"), ("disparity", "disparity"), ("depth", "depth"))
+                 if word in lowered), None)
+
+
+def _pipeline_spec(folder: Path, task: str | None) -> CheckpointSpec:
+    """A local copy of a hub pipeline repo: family from its configs, task from its configs or name (or a
+    genpercept.json beside model_index.json), processing resolution from model_index.json when it says."""
+    family = pipeline_family(folder)
+    declared = _read_spec_file(folder)
+    task = _check_task(task, declared.get("task") or _pipeline_task(folder, folder.name), str(folder))
+    extra = {k: declared[k] for k in ("family_params", "output_kind", "processing_res", "embedding") if k in declared}
+    default_res = read_json(folder / "model_index.json").get("default_processing_resolution")
+    if isinstance(default_res, int) and "processing_res" not in extra:
+        extra["processing_res"] = default_res
+    return CheckpointSpec(name=str(folder), task=task, output=TASKS[task].output, unet_dir=folder / "unet",
+                          vae_dir=folder / "vae", family=family, **extra)
 
 
 _SPEC_FILE_KEYS = {"task": str, "family": str, "family_params": dict, "output_kind": str, "embedding": str,
@@ -243,9 +355,14 @@ def _check_task(requested: str | None, found: str | None, where: str) -> str:
 def _hub_spec(ref: str, task: str | None, registry: dict[str, CheckpointSpec]) -> CheckpointSpec:
     """`owner/repo/subfolder` or `owner/repo:subfolder` (or `owner/repo` of a registry entry)."""
     repo, subfolder = _split_hub_ref(ref)
-    known = [s for s in registry.values() if s.repo == repo and (not subfolder or s.subfolder == subfolder)]
+    known = [s for s in registry.values()
+             if s.repo == repo and not s.is_release and (not subfolder or s.subfolder == subfolder)]
     if task:
         known = [s for s in known if s.task == task] or known
+    if subfolder == "" and not known:  # a pipeline repo (E2E-FT, Lotus, Marigold): family read after download
+        task = _check_task(task, _task_from_repo_name(repo), ref)
+        return CheckpointSpec(name=ref, task=task, output=TASKS[task].output, repo=repo, subfolder="unet",
+                              family=DETECT)
     if subfolder == "" and len(known) != 1:
         raise CheckpointError(
             f"{ref} needs a U-Net folder: pass it as {repo}/unet_<task>_v2 (e.g. {repo}/unet_depth_v2)."
@@ -282,6 +399,10 @@ def resolve_checkpoint(ref: str, task: str | None = None) -> CheckpointSpec:
         return spec
     path = Path(ref).expanduser()
     if path.exists():
+        if path.is_file() and path.suffix.lower() in RELEASE_SUFFIXES:  # a single-file release
+            from .releases import spec_for_file
+
+            return spec_for_file(path.resolve(), registry, task)
         if not path.is_dir():
             raise CheckpointError(f"{ref} is a file; --checkpoint takes a folder, a registry name or a hub id.")
         return _local_spec(path.resolve(), task)
@@ -327,7 +448,7 @@ def _first_missing(path: Path) -> str:
 def default_checkpoint(task: str) -> str:
     """Registry name of the default checkpoint for a task (the v2 model)."""
     for name, spec in load_registry().items():
-        if spec.task == task and spec.embedding == "v2" and not spec.has_dpt_head:
+        if spec.task == task and spec.family == "genpercept" and spec.embedding == "v2" and not spec.has_dpt_head:
             return name
     raise CheckpointError(f"no default checkpoint for task {task!r}.")
 
@@ -335,7 +456,8 @@ def default_checkpoint(task: str) -> str:
 def required_files(spec: CheckpointSpec) -> list[tuple[str, str]]:
     """(repo id, path in repo) of every file a hub checkpoint needs."""
     vae_repo, vae_dir = spec.vae_location()
-    files = [(spec.repo, f"{spec.subfolder}/{f}") for f in MODEL_FILES]
+    files = [(spec.repo, f) for f in PIPELINE_FILES] if spec.is_pipeline else []
+    files += [(spec.repo, f"{spec.subfolder}/{f}") for f in MODEL_FILES]
     files += [(vae_repo, f"{vae_dir}/{f}") for f in MODEL_FILES]
     if spec.dpt_head:
         files += [(spec.repo, f"{spec.dpt_head}/{f}") for f in DPT_FILES]
@@ -344,14 +466,18 @@ def required_files(spec: CheckpointSpec) -> list[tuple[str, str]]:
 
 def _offline_message(spec: CheckpointSpec, missing: list[tuple[str, str]], reason: str) -> str:
     listed = ", ".join(f"{repo}/{path}" for repo, path in missing)
-    folders = [f"FOLDER/{spec.subfolder}/", f"FOLDER/{spec.vae_location()[1]}/"]
-    if spec.dpt_head:
-        folders.append(f"FOLDER/{spec.dpt_head}/")
-    layout = ", ".join(folders[:-1]) + f" and {folders[-1]}"
+    if spec.is_pipeline:  # the repo's own paths under one folder, which is what --checkpoint takes
+        layout, target = "FOLDER/ keeping their paths in the repository", "FOLDER"
+    else:
+        folders = [f"FOLDER/{spec.subfolder}/", f"FOLDER/{spec.vae_location()[1]}/"]
+        if spec.dpt_head:
+            folders.append(f"FOLDER/{spec.dpt_head}/")
+        layout = ", ".join(folders[:-1]) + f" and {folders[-1]} (the hub layout)"
+        target = f"FOLDER/{spec.subfolder}"
     retry = "unset HF_HUB_OFFLINE to download them" if _offline_mode() else "connect to huggingface.co and retry"
     return (
         f"cannot fetch checkpoint {spec.name!r} ({reason}): download {listed} "
-        f"into {layout} (the hub layout) and pass --checkpoint FOLDER/{spec.subfolder}, or {retry}."
+        f"into {layout} and pass --checkpoint {target}, or {retry}."
     )
 
 
@@ -363,6 +489,10 @@ def cached_status(spec: CheckpointSpec, cache_dir: str | Path | None = None) -> 
     """'local', 'cached', 'partial' or 'not cached' — what is already on this machine."""
     if spec.is_local:
         return "local"
+    if spec.is_release:
+        from .releases import release_status
+
+        return release_status(spec)
     from huggingface_hub import try_to_load_from_cache
 
     hits = [
@@ -397,8 +527,13 @@ def fetch_checkpoint(
     `local_files_only` defaults to the HF_HUB_OFFLINE environment setting. Raises CheckpointError
     with one sentence naming the files and where to put them when they cannot be had.
     """
+    if spec.is_release:  # converted folder and/or the raw file to convert on load (releases.py)
+        from .releases import release_paths
+
+        folder, raw = release_paths(spec)
+        return CheckpointFiles(spec, unet_dir=folder, vae_dir=None, weights_file=raw)
     if spec.is_local:
-        for folder in (spec.unet_dir, spec.vae_dir) if spec.family == "genpercept" else ():
+        for folder in (spec.unet_dir, spec.vae_dir) if spec.family == "genpercept" or spec.is_pipeline else ():
             missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
             if missing:
                 raise CheckpointError(f"{folder} lacks {', '.join(missing)}; copy them from the released checkpoint.")
@@ -418,7 +553,19 @@ def fetch_checkpoint(
         paths = _download(spec, files, cache_dir, local_only=False)
     vae_dir = paths[f"{spec.vae_location()[1]}/{MODEL_FILES[1]}"]
     dpt_dir = paths.get(f"{spec.dpt_head}/{DPT_FILES[0]}") if spec.dpt_head else None
-    return CheckpointFiles(spec, paths[f"{spec.subfolder}/{MODEL_FILES[1]}"], vae_dir, dpt_dir)
+    unet_dir = paths[f"{spec.subfolder}/{MODEL_FILES[1]}"]
+    if spec.is_pipeline:
+        spec = replace(spec, family=_confirm_family(spec, unet_dir.parent))
+    return CheckpointFiles(spec, unet_dir, vae_dir, dpt_dir)
+
+
+def _confirm_family(spec: CheckpointSpec, root: Path) -> str:
+    """The family the downloaded configs read as; a registry entry that says otherwise is refused."""
+    family = pipeline_family(root)
+    if spec.family not in (DETECT, family):
+        raise CheckpointError(f"checkpoint {spec.name!r} is registered as {spec.family}, but its configs in "
+                              f"{root} read as {family}; fix the registry entry.")
+    return family
 
 
 def _download(spec, files, cache_dir, local_only: bool) -> dict[str, Path] | None:

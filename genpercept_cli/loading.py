@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .checkpoints import read_json
 from .errors import CheckpointError
 
 EMBED_FILE = "sd21_empty_text_embed_77x1024_fp16.npy"
@@ -31,17 +31,9 @@ def empty_text_embedding(version: str = "v2") -> torch.Tensor:
 
 
 def read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing; the folder must hold config.json and the weights.") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, not {type(config).__name__}.")
+    """`folder/config.json` without its "_" keys (one sentence when missing or not a JSON object)."""
     # v1 U-Nets say "CustomUNet2DConditionModel": same weights, so the class name is never trusted.
-    return {k: v for k, v in config.items() if not k.startswith("_")}
+    return {k: v for k, v in read_json(folder / "config.json").items() if not k.startswith("_")}
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -73,11 +73,61 @@ def _feather(length: int, ramp: int, lead: bool, trail: bool, device) -> torch.T
     return w
 
 
+def alphas_cumprod(config: dict) -> torch.Tensor:
+    """ᾱ_t for t = 0..T-1, float64 [T], from a diffusers scheduler config (scheduler_config.json).
+
+    Reads num_train_timesteps, beta_start, beta_end, beta_schedule ("scaled_linear": betas =
+    linspace(sqrt(b0), sqrt(b1), T)², "linear": linspace(b0, b1, T)), trained_betas and
+    rescale_betas_zero_snr (shift and scale sqrt(ᾱ) so that ᾱ_{T-1} = 0, Lin et al. 2024, Alg. 1).
+    Raises ValueError for a schedule it does not know.
+    """
+    steps = int(config.get("num_train_timesteps", 1000))
+    b0, b1 = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
+    schedule = config.get("beta_schedule", "linear")
+    if config.get("trained_betas") is not None:
+        betas = torch.tensor(config["trained_betas"], dtype=torch.float64)
+    elif schedule == "scaled_linear":
+        betas = torch.linspace(b0**0.5, b1**0.5, steps, dtype=torch.float64) ** 2
+    elif schedule == "linear":
+        betas = torch.linspace(b0, b1, steps, dtype=torch.float64)
+    else:
+        raise ValueError(f"beta_schedule {schedule!r} is not one of scaled_linear, linear.")
+    alpha_bar = torch.cumprod(1.0 - betas, dim=0)
+    if config.get("rescale_betas_zero_snr", False):
+        root = alpha_bar.sqrt()
+        root = (root - root[-1]) * root[0] / (root[0] - root[-1])
+        alpha_bar = root**2
+    return alpha_bar
+
+
 def scaled_linear_alpha_bar(timestep: int, beta_start: float = 0.00085, beta_end: float = 0.012,
                             steps: int = 1000) -> float:
     """ᾱ_t of SD's "scaled_linear" schedule: betas = linspace(sqrt(b0), sqrt(b1), steps)², ᾱ_t = Π(1 − β)."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
-    return float(torch.prod(1.0 - betas[: timestep + 1]))
+    config = {"beta_schedule": "scaled_linear", "beta_start": beta_start, "beta_end": beta_end,
+              "num_train_timesteps": steps}
+    return float(alphas_cumprod(config)[timestep])
+
+
+def one_step_timesteps(config: dict) -> tuple[int, int]:
+    """(t, t_prev) of a one-step DDIM schedule from a scheduler config; t_prev < 0 is "past the end".
+
+    One step of T training steps: "trailing" and "linspace" spacing start at T − 1, "leading" at
+    steps_offset (diffusers' DDIMScheduler.set_timesteps); the step goes to t − T.
+    """
+    steps = int(config.get("num_train_timesteps", 1000))
+    spacing = config.get("timestep_spacing", "leading")
+    if spacing in ("trailing", "linspace"):
+        t = steps - 1
+    elif spacing == "leading":
+        t = int(config.get("steps_offset", 0))
+    else:
+        raise ValueError(f"timestep_spacing {spacing!r} is not one of trailing, linspace, leading.")
+    return t, t - steps
+
+
+def final_alpha_bar(config: dict, alpha_bar: torch.Tensor) -> float:
+    """ᾱ after the last DDIM step: 1 with set_alpha_to_one, else ᾱ_0 (diffusers' final_alpha_cumprod)."""
+    return 1.0 if config.get("set_alpha_to_one", True) else float(alpha_bar[0])
 
 
 def to_x0(output: torch.Tensor, sample: torch.Tensor, alpha_bar: float, parametrization: str) -> torch.Tensor:
@@ -98,3 +148,28 @@ def to_x0(output: torch.Tensor, sample: torch.Tensor, alpha_bar: float, parametr
             raise ValueError("an eps-prediction cannot give x0 at a timestep where ᾱ = 0.")
         return (sample - math.sqrt(1.0 - alpha_bar) * output) / math.sqrt(alpha_bar)
     raise ValueError(f"unknown parametrization {parametrization!r}; use one of {', '.join(PARAMETRIZATIONS)}.")
+
+
+def to_eps(output: torch.Tensor, sample: torch.Tensor, alpha_bar: float, parametrization: str) -> torch.Tensor:
+    """The noise eps implied by a U-Net `output` at ᾱ given the sample x_t (inverse of the forward process).
+
+    v:   eps = sqrt(ᾱ)·v + sqrt(1 − ᾱ)·x_t
+    eps: eps = output
+    x0:  eps = (x_t − sqrt(ᾱ)·x0) / sqrt(1 − ᾱ)
+    """
+    if parametrization == "eps":
+        return output
+    if parametrization == "v":
+        return math.sqrt(alpha_bar) * output + math.sqrt(1.0 - alpha_bar) * sample
+    if parametrization == "x0":
+        return (sample - math.sqrt(alpha_bar) * output) / math.sqrt(1.0 - alpha_bar)
+    raise ValueError(f"unknown parametrization {parametrization!r}; use one of {', '.join(PARAMETRIZATIONS)}.")
+
+
+def ddim_step(output: torch.Tensor, sample: torch.Tensor, alpha_bar: float, alpha_bar_prev: float,
+              parametrization: str) -> torch.Tensor:
+    """One deterministic DDIM step (eta = 0) from x_t at ᾱ to the sample at ᾱ_prev:
+    sqrt(ᾱ_prev)·x0 + sqrt(1 − ᾱ_prev)·eps, with x0 and eps from the U-Net output."""
+    x0 = to_x0(output, sample, alpha_bar, parametrization)
+    eps = to_eps(output, sample, alpha_bar, parametrization)
+    return math.sqrt(alpha_bar_prev) * x0 + math.sqrt(1.0 - alpha_bar_prev) * eps
