@@ -38,7 +38,8 @@ PAPER_KEYS = {
     "dis-vd": ("dis", "dis_vd"), "dis-te1": ("dis", "dis_te1"), "dis-te2": ("dis", "dis_te2"),
     "dis-te3": ("dis", "dis_te3"), "dis-te4": ("dis", "dis_te4"), "dis-te": ("dis", "dis_te_all"),
     "p3m-500-np": ("matting", "p3m_500_np"), "aim-500": ("matting", "aim_500"),
-    "hypersim-seg": ("seg", "hypersim"),
+    "hypersim-seg": ("seg", "hypersim"), "ibims-normal": ("normal", "ibims"),
+    "ade20k": ("semseg", "ade20k"), "cityscapes": ("semseg", "cityscapes"),
 }  # fmt: skip
 
 
@@ -64,6 +65,7 @@ class EvalOptions:
     normal_flip: str = ""  # axes of the prediction to negate before scoring
     seg_convention: str = "mmseg"
     seg_metric: str = "l1"  # nearest-palette decoding of the predicted colours
+    multi_scale_flip: bool = False  # semseg: the model's multi-scale + flip test-time augmentation
     with_hce: bool = True
     hce_variant: str = "line"  # approxPolyDP as OpenCV <= 4.12 (the published numbers)
     device: str = "auto"
@@ -115,9 +117,10 @@ def load_prediction(pred_dir: Path, key: str, task: str) -> np.ndarray:
     return get_task(task).read_saved(pred_dir / prediction_stem(key))
 
 
-def check_prediction(pred: np.ndarray, sample: Sample, task: str) -> str | None:
-    """Why a prediction cannot be scored on a benchmark of `task`, or None (`tasks.Task.check_saved`)."""
-    return get_task(task).check_saved(pred, sample.gt.shape[:2])
+def check_prediction(pred: np.ndarray, sample: Sample, task: str, kind: str | None = None) -> str | None:
+    """Why a prediction cannot be scored on a benchmark of `task`, or None (`tasks.Task.check_saved`).
+    kind: what the prediction holds, e.g. "metric_depth" (may hold NaN); None = the task's default."""
+    return get_task(task).check_saved(pred, sample.gt.shape[:2], kind)
 
 
 def _prefetch(ds: EvalDataset, indices: list[int], depth: int = 4) -> Iterator[Sample]:
@@ -142,6 +145,27 @@ def space_for(spec, requested: str = "auto") -> str:
     return {"affine_disparity": "disparity", "metric_depth": "metric"}.get(kind, "depth")
 
 
+def protocol_for(dataset: str, space: str) -> str | None:
+    """The dataset protocol (`datasets.depth`): "metric" for metric depth where the dataset has one (NYU,
+    KITTI: the GLPDepth / Meta Prompts caps and crops), else None (the dataset's default)."""
+    from .datasets import DATASETS
+
+    cls = DATASETS.get(dataset)
+    return "metric" if cls is not None and space == "metric" and "metric" in cls.protocols else None
+
+
+def _set_multi_scale_flip(pipe, ds: EvalDataset) -> None:
+    """Switch the model to multi-scale + flip inference (Meta Prompts' --aug-test: ratios 1-1.5, each flipped)."""
+    from genpercept_cli.models.metaprompts.tta import SegTTA
+
+    if ds.task != "semseg":
+        raise GenPerceptError(f"--multi-scale-flip applies to segmentation benchmarks; {ds.name} is a {ds.task} one.")
+    if not isinstance(getattr(pipe.model, "tta", None), SegTTA):
+        raise GenPerceptError(f"--multi-scale-flip needs a model with segmentation test-time augmentation (Meta "
+                              f"Prompts); {pipe.spec.name!r} has none.")
+    pipe.model.tta = SegTTA.multi_scale_flip()
+
+
 def evaluate(opts: EvalOptions, progress=None, pipe=None, dist=None) -> EvalResult:
     """Run one benchmark; `pipe` (a loaded GenPerceptPipeline) is used instead of loading one.
 
@@ -161,22 +185,26 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None, dist=None) -> EvalResu
         raise GenPerceptError(f"predictions folder {opts.predictions} does not exist.")
     if opts.batch_size < 0:
         raise GenPerceptError("--batch-size must be 0 (automatic) or positive.")
-    ds = get_dataset(opts.dataset, opts.data_dir, opts.limit)
     spec = None
     if opts.checkpoint is not None or pipe is not None:
         from genpercept_cli.checkpoints import resolve_checkpoint
 
         spec = pipe.spec if pipe is not None else resolve_checkpoint(opts.checkpoint)
-        if spec.task not in TASKS or TASKS[spec.task].benchmark != ds.task:
-            raise GenPerceptError(
-                f"{opts.dataset} is a {ds.task} benchmark; checkpoint {spec.name!r} predicts {spec.task}."
-            )
     space = space_for(spec, opts.space)
+    ds = get_dataset(opts.dataset, opts.data_dir, opts.limit, protocol_for(opts.dataset, space))
+    if spec is not None and (spec.task not in TASKS or TASKS[spec.task].benchmark != ds.task):
+        raise GenPerceptError(
+            f"{opts.dataset} is a {ds.task} benchmark; checkpoint {spec.name!r} predicts {spec.task}."
+        )
+    if opts.multi_scale_flip and opts.predictions is not None:
+        raise GenPerceptError("--multi-scale-flip changes how the model runs; it does not apply to --predictions.")
     res = ds.processing_res if opts.processing_res is None else opts.processing_res
     if opts.predictions is None and pipe is None:
         from genpercept_cli.pipeline import GenPerceptPipeline
 
         pipe = GenPerceptPipeline.from_checkpoint(spec, device=opts.device, dtype=opts.dtype)
+    if opts.multi_scale_flip:
+        _set_multi_scale_flip(pipe, ds)
     scorer = make_scorer(ds, opts, space)
     indices = dist.shard(list(range(len(ds))))
     task_id = progress.add_task(f"eval {opts.dataset}", total=len(indices)) if progress else None
@@ -196,7 +224,8 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None, dist=None) -> EvalResu
     metrics = scorer.compute()
     protocol = _protocol(ds, opts, space, res, spec, pipe)
     section, key = PAPER_KEYS.get(opts.dataset, (None, None))
-    label, paper = paper_row(section, key, spec.name if spec else None, res)
+    label, paper = paper_row(section, key, spec.name if spec else None, res,
+                             "ms_flip" if opts.multi_scale_flip else "single", spec.family if spec else None)
     return EvalResult(
         dataset=opts.dataset, checkpoint=spec.name if spec else None, n_images=len(rows), metrics=metrics,
         protocol=protocol, rows=rows, problems=problems,
@@ -215,7 +244,7 @@ def _score_files(ds: EvalDataset, indices: list[int], opts: EvalOptions, scorer,
         if ds.task in ("depth", "normal") and not sample.valid.any():
             problem = _NO_VALID_GT
         else:
-            pred, problem = _prediction_file(sample, ds, Path(opts.predictions))
+            pred, problem = _prediction_file(sample, ds, Path(opts.predictions), _saved_kind(ds))
             if problem is None:
                 problem = _score(scorer, index, sample, pred, ds.task)
         if problem is not None:
@@ -250,8 +279,9 @@ def _score_model(ds: EvalDataset, indices: list[int], opts: EvalOptions, pipe, r
         if opts.save_predictions is not None:
             from genpercept_cli.outputs import write_prediction
 
-            write_prediction(pred, pipe.task, Path(opts.save_predictions) / prediction_stem(sample.key), ("npy",))
-        problem = check_prediction(pred, sample, ds.task)
+            write_prediction(pred, pipe.task, Path(opts.save_predictions) / prediction_stem(sample.key), ("npy",),
+                             kind=pipe.spec.kind, labels=pipe.spec.labels)
+        problem = check_prediction(pred, sample, ds.task, _saved_kind(ds))
         problem = f"prediction {problem}" if problem else _score(scorer, loaded.job.index, sample, pred, ds.task)
         return None if problem is None else f"{sample.key}: {problem}"
 
@@ -271,7 +301,13 @@ def _score(scorer, index: int, sample: Sample, pred: np.ndarray, task: str) -> s
     return None
 
 
-def _prediction_file(sample: Sample, ds: EvalDataset, pred_dir: Path):
+def _saved_kind(ds: EvalDataset) -> str | None:
+    """What predictions hold for `check_prediction`: metric depth (NaN allowed: no prediction) under the
+    metric protocol, which fills NaN; otherwise the task's default."""
+    return "metric_depth" if ds.protocol == "metric" else None
+
+
+def _prediction_file(sample: Sample, ds: EvalDataset, pred_dir: Path, kind: str | None = None):
     """(prediction, None) or (None, why it cannot be scored) for a prediction file on disk."""
     try:
         pred = load_prediction(pred_dir, sample.key, ds.task)
@@ -281,16 +317,18 @@ def _prediction_file(sample: Sample, ds: EvalDataset, pred_dir: Path):
         return None, f"prediction is missing ({exc})"
     except (OSError, ValueError) as exc:
         return None, f"prediction cannot be read ({exc})"
-    problem = check_prediction(pred, sample, ds.task)
+    problem = check_prediction(pred, sample, ds.task, kind)
     return (None, f"prediction {problem}") if problem else (pred, None)
 
 
 def _protocol(ds: EvalDataset, opts: EvalOptions, space: str, res: int, spec, pipe) -> dict:
     protocol: dict = {"task": ds.task, "processing_res": res, "source": "predictions" if opts.predictions else "model"}
     if ds.task == "depth":
-        protocol.update(alignment="none" if space == "metric" else "least_squares", space=space,
-                        min_depth=ds.min_depth, max_depth=ds.max_depth,
-                        pred_clip=ds.pred_clip, align_max_samples=ds.align_max_samples,
+        protocol.update(alignment="none" if space == "metric" else "least_squares", space=space)
+        if ds.protocol != "marigold":  # Marigold's is the default; reports of it keep their historical form
+            protocol.update(protocol=_DEPTH_PROTOCOLS[ds.protocol])
+        protocol.update(min_depth=ds.min_depth, max_depth=ds.max_depth, pred_clip=ds.pred_clip,
+                        align_max_samples=ds.align_max_samples,
                         align_subsample=opts.eth3d_subsample if ds.align_max_samples else None)
     elif ds.task == "normal":
         protocol.update(aggregation=opts.normal_mode, frame="x right, y up, z toward camera",
@@ -300,6 +338,9 @@ def _protocol(ds: EvalDataset, opts: EvalOptions, space: str, res: int, spec, pi
                         hce_poly=f"approxPolyDP {opts.hce_variant} distance")
     elif ds.task == "matting":
         protocol.update(region="whole image", sad_scale="/1000", conn="step 0.1, 4-connectivity, /1000")
+    elif ds.task == "semseg":
+        protocol.update(labels=ds.labels, classes=ds.num_classes, miou=opts.seg_convention, ignore_index=255,
+                        inference=_seg_inference(pipe, opts))
     else:
         protocol.update(decode=f"nearest NYU40 colour ({opts.seg_metric})", miou=opts.seg_convention)
     if spec is not None:
@@ -309,19 +350,53 @@ def _protocol(ds: EvalDataset, opts: EvalOptions, space: str, res: int, spec, pi
     return protocol
 
 
+def _seg_inference(pipe, opts: EvalOptions) -> str:
+    """The model's segmentation test-time setting, in words ("single-scale", "multi-scale x1/1.125/... + flip")."""
+    if opts.predictions is not None:
+        return "as the saved predictions were made"
+    tta = getattr(pipe.model, "tta", None) if pipe is not None else None
+    if tta is None or not hasattr(tta, "scales"):
+        return "single-scale" if not opts.multi_scale_flip else "multi-scale + flip"
+    scales = "single-scale" if tuple(tta.scales) == (1.0,) else "multi-scale x" + "/".join(map(str, tta.scales))
+    return scales + (" + flip" if tta.flip else "")
+
+
+_DEPTH_PROTOCOLS = {
+    "marigold": "marigold",
+    "metric": "metric (GLPDepth/Meta Prompts: NaN -> min_depth, inf -> max_depth, no clip; KITTI Garg crop)",
+}
+
+
 def paper_results() -> dict:
     return tomllib.loads(resources.files("benchmarks").joinpath("paper_results.toml").read_text())
 
 
-def paper_row(section: str | None, key: str | None, checkpoint: str | None, res: int) -> tuple[str | None, dict | None]:
-    """The paper's numbers for this benchmark: the row of this checkpoint (else the first GenPercept row)."""
+def paper_row(section: str | None, key: str | None, checkpoint: str | None, res: int, tta: str = "single",
+              family: str | None = None) -> tuple[str | None, dict | None]:
+    """The paper's numbers for this benchmark: a registry checkpoint's own row (none if it has none); for a
+    local folder or hub id, the first row of a registry checkpoint of the same model `family`; for saved
+    predictions (no checkpoint), the first row. tta: "single" or "ms_flip"; a row with a `tta` entry only
+    stands for runs with that inference."""
     if section is None:
         return None, None
     rows = paper_results().get(section, {})
-    candidates = [r for r in rows.values() if key in r and "checkpoint" in r]
+    candidates = [r for r in rows.values() if key in r and "checkpoint" in r and r.get("tta", "single") == tta]
     same_res = [r for r in candidates if r.get("processing_res", 768) == res] or candidates
-    chosen = next((r for r in same_res if r.get("checkpoint") == checkpoint), same_res[0] if same_res else None)
+    chosen = next((r for r in same_res if r.get("checkpoint") == checkpoint), None)
+    if chosen is None and same_res and _family_of(checkpoint) is None:  # not a registry name
+        if checkpoint is None or family is None:
+            chosen = same_res[0]
+        else:
+            chosen = next((r for r in same_res if _family_of(r["checkpoint"]) == family), None)
     return (chosen["label"], dict(chosen[key])) if chosen else (None, None)
+
+
+def _family_of(name: str | None) -> str | None:
+    """The model family of the registry checkpoint `name` (None when it is not one)."""
+    from genpercept_cli.checkpoints import load_registry
+
+    spec = load_registry().get(name)
+    return spec.family if spec is not None else None
 
 
 def write_outputs(result: EvalResult, json_path: Path | None, csv_path: Path | None) -> None:

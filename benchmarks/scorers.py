@@ -87,21 +87,28 @@ class DepthScorer(Scorer):
     """Per-image alignment (SPEC §6.1) and metrics; the dataset score is the mean over images.
 
     space: "depth" or "disparity" (affine fit in that space) or "metric" (no fit, the prediction is depth
-    in metres); subsample: the ETH3D fit subsample ("reference" or "uniform").
+    in metres); subsample: the ETH3D fit subsample ("reference" or "uniform"). The dataset's protocol
+    "metric" (`datasets.depth`) scores metric predictions as they are: NaN -> min_depth, inf -> max_depth,
+    no clip to the depth range.
     """
 
     task = "depth"
 
     def __init__(self, ds: EvalDataset, space: str, subsample: str):
         super().__init__(space=space, subsample=subsample, min_depth=ds.min_depth, max_depth=ds.max_depth,
-                         align_max_samples=ds.align_max_samples, pred_clip=ds.pred_clip)
+                         align_max_samples=ds.align_max_samples, pred_clip=ds.pred_clip,
+                         protocol=getattr(ds, "protocol", "marigold"))
 
     def _score(self, index: int, sample: Sample, prediction: np.ndarray) -> dict[str, float]:
-        from .metrics.depth import align_depth, depth_metrics
+        from .metrics.depth import align_depth, depth_metrics, fill_non_finite
 
         s = self.settings
-        aligned = align_depth(prediction, sample.gt, sample.valid, s["space"], s["min_depth"], s["max_depth"],
-                              s["align_max_samples"], s["pred_clip"], s["subsample"])
+        if s["protocol"] == "metric" and s["space"] == "metric":
+            depth = fill_non_finite(prediction, s["min_depth"], s["max_depth"])
+            aligned = align_depth(depth, sample.gt, sample.valid, "metric")
+        else:
+            aligned = align_depth(prediction, sample.gt, sample.valid, s["space"], s["min_depth"], s["max_depth"],
+                                  s["align_max_samples"], s["pred_clip"], s["subsample"])
         return depth_metrics(aligned, sample.gt, sample.valid)
 
     def compute(self) -> dict[str, float]:
@@ -207,6 +214,40 @@ class MattingScorer(Scorer):
         return self.acc.compute()
 
 
+class SemsegScorer(Scorer):
+    """Class ids of a label set into a dataset-wide confusion matrix (mmseg's mIoU, aAcc, mAcc)."""
+
+    task = "semseg"
+
+    def __init__(self, ds: EvalDataset, convention: str):
+        from genpercept_cli.palette import get_label_set
+
+        from .metrics.seg import SegAccumulator
+
+        label_set = get_label_set(ds.labels)
+        super().__init__(convention=convention, labels=label_set.name)
+        self.acc = SegAccumulator(label_set.num_classes, convention=convention, unlabeled_id=None,
+                                  class_names=label_set.classes)
+
+    def _score(self, index: int, sample: Sample, prediction: np.ndarray) -> dict[str, float]:
+        from .metrics.seg import iou_per_class
+
+        matrix = self.acc.update(np.rint(prediction).astype(np.int64), sample.gt)
+        labelled = matrix.sum()
+        iou = iou_per_class(matrix, self.acc.convention, None)
+        return {"miou": 100.0 * float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+                "pixel_acc": 100.0 * float(np.trace(matrix)) / labelled if labelled else float("nan")}
+
+    def _task_state(self) -> dict[str, Any]:
+        return {"accumulator": self.acc.state()}
+
+    def _merge_task_states(self, states: list[dict[str, Any]]) -> None:
+        self.acc.merge([s["accumulator"] for s in states])
+
+    def compute(self) -> dict:
+        return self.acc.compute()
+
+
 class SegScorer(Scorer):
     """NYU40 ids (decoded from colours by nearest palette entry) into a dataset-wide confusion matrix."""
 
@@ -249,4 +290,6 @@ def make_scorer(ds: EvalDataset, opts, space: str) -> Scorer:
         return DISScorer(opts.with_hce, opts.hce_variant)
     if ds.task == "matting":
         return MattingScorer()
+    if ds.task == "semseg":
+        return SemsegScorer(ds, opts.seg_convention)
     return SegScorer(opts.seg_convention, opts.seg_metric)

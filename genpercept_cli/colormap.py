@@ -56,3 +56,23 @@ def colorize_depth(pred: np.ndarray, task: str) -> np.ndarray:
     if task == "disparity":
         return spectral(1.0 - np.asarray(pred, dtype=np.float64))
     raise ValueError(f"colorize_depth needs task 'depth' or 'disparity', got {task!r}")
+
+
+def finite_range(values: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite entries of `values`; (0.0, 0.0) when there is none."""
+    finite = np.asarray(values)[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+
+
+def colorize_metric_depth(depth: np.ndarray, near: float, far: float) -> np.ndarray:
+    """Colour metric depth with near = red over the range [near, far] (metres; per image: `finite_range`).
+
+    depth: float [H, W] metres, NaN/inf = no prediction (drawn black). A flat range (far == near) is
+    all red. Returns uint8 [H, W, 3].
+    """
+    depth = np.asarray(depth, dtype=np.float64)
+    finite = np.isfinite(depth)
+    scaled = (np.where(finite, depth, near) - near) / (far - near) if far > near else np.zeros_like(depth)
+    rgb = spectral(scaled)
+    rgb[~finite] = 0
+    return rgb

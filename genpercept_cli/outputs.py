@@ -12,9 +12,13 @@ Predictions arrive as float32 at the input image's size:
   camera. ``normal_flip`` negates axes before writing, e.g. "yz" gives the OpenCV frame (x right,
   y down, z forward, i.e. away from the camera); "x" gives DSINE's stored frame (x left).
 - seg: [H, W, 3] regressed NYU40 colour map in [0, 1]
+- semseg: [H, W] class ids of the checkpoint's label set (``labels``: "ade20k", "cityscapes")
 
-Image files clip values to [0, 1] before quantising; ``.npy`` files keep the float32 values as they are.
-A prediction holding NaN or inf is refused with ValueError before any file is written.
+How a task's files encode a prediction may depend on the checkpoint's output kind (``kind``): affine
+depth and the [0, 1] tasks clip to [0, 1] before quantising; metric depth ([H, W] metres, NaN = no
+prediction) is written in millimetres (`tasks.depth`). ``.npy`` files keep the float32 values as they are
+(semseg: uint8 ids). A prediction holding NaN or inf is refused with ValueError before any file is
+written, except NaN in metric depth.
 
 FORMATS, ALIASES, DEFAULT_FORMATS and OUTPUT_SUFFIXES are read from the task registry on each access,
 so a task registered later is included.
@@ -109,7 +113,7 @@ def remove_stale_temp_files(folder: Path) -> int:
     return files.remove_stale_temp_files(folder, output_suffixes())
 
 
-def _check_prediction(pred: np.ndarray, task: Task) -> np.ndarray:
+def _check_prediction(pred: np.ndarray, task: Task, kind: str | None) -> np.ndarray:
     pred = np.asarray(pred)
     channels = task.channels
     ok_shape = pred.ndim == 2 if channels == 1 else (pred.ndim == 3 and pred.shape[-1] == channels)
@@ -118,8 +122,9 @@ def _check_prediction(pred: np.ndarray, task: Task) -> np.ndarray:
         raise ValueError(f"{task.name} prediction must be a non-empty {wanted} array, got shape {pred.shape}")
     if not np.issubdtype(pred.dtype, np.floating):
         raise ValueError(f"{task.name} prediction must be a float array, got {pred.dtype}")
-    if not np.isfinite(pred).all():
-        raise ValueError(f"{task.name} prediction contains NaN or inf; nothing was written")
+    problem = task.value_problem(pred, kind)
+    if problem:
+        raise ValueError(f"{task.name} prediction {problem}; nothing was written")
     return pred.astype(np.float32, copy=False)
 
 
@@ -141,19 +146,22 @@ def _check_image(pred: np.ndarray, image: np.ndarray | None, name: str) -> np.nd
 ENCODE_PIXELS = 1 << 22
 
 
-def _encode(pred: np.ndarray, task: Task, name: str, image: np.ndarray | None) -> np.ndarray:
+def _encode(pred: np.ndarray, task: Task, name: str, image: np.ndarray | None, kind: str | None = None,
+            labels: str | None = None) -> np.ndarray:
     """The array stored for one format: the float32 prediction for npy, uint8/uint16 for PNGs.
 
-    Every encoding is per pixel, so it is computed in stripes of rows with the same result."""
+    Every encoding is per pixel (image-wide values such as a colour range are fixed by `Task.encoder`
+    first), so it is computed in stripes of rows with the same result."""
     fmt = task.formats[name]
-    if fmt.encode is None:
+    encode = task.encoder(name, pred, kind, labels)
+    if encode is None:
         return pred
     if fmt.needs_image:
         image = _check_image(pred, image, name)  # checked whole, before the stripes
     rows = max(1, ENCODE_PIXELS // max(1, pred.shape[1]))
     out = None
     for top in range(0, len(pred), rows):
-        part = fmt.encode(pred[top : top + rows], None if image is None else image[top : top + rows])
+        part = encode(pred[top : top + rows], None if image is None else image[top : top + rows])
         if out is None:
             out = np.empty((len(pred), *part.shape[1:]), part.dtype)
         out[top : top + rows] = part
@@ -167,23 +175,27 @@ def write_prediction(
     formats: Iterable[str],
     image: np.ndarray | None = None,
     normal_flip: str = "",
+    kind: str | None = None,
+    labels: str | None = None,
 ) -> list[Path]:
     """Write one image's prediction in the chosen formats; returns the paths written, in format order.
 
     pred: float32 at the input size, per task as in the module docstring. image: uint8 [H, W, 3], only
     needed for the dis/matting "rgba" cut-out. normal_flip: axes to negate for task "normal" (e.g. "yz"
     converts x right / y up / z toward camera into OpenCV's x right / y down / z forward).
+    kind: the checkpoint's output kind (`checkpoints.OUTPUT_KINDS`; None = the task's), e.g.
+    "metric_depth"; labels: its label set (semseg colours). Both come from the pipeline's spec.
     Everything is encoded before the first file is written, so a bad prediction writes nothing;
     each file is written atomically. Raises ValueError for a malformed or non-finite prediction.
     """
     found = get_task(task)
     formats = _check_formats(found, formats)
-    pred = _check_prediction(pred, found)
+    pred = _check_prediction(pred, found, kind)
     flip = parse_normal_flip(normal_flip)
     if flip:
         pred = found.flip(pred, flip)
     paths = output_paths(out_stem, task, formats)
-    encoded = [_encode(pred, found, name, image) for name in formats]
+    encoded = [_encode(pred, found, name, image, kind, labels) for name in formats]
     for path, array in zip(paths, encoded, strict=True):
         atomic_write(path, _npy_writer(array) if path.suffix == ".npy" else _png_writer(array))
     return paths

@@ -324,7 +324,7 @@ def run_predict(
     def write(loaded: Loaded, prediction) -> None:
         item = images[loaded.job.index]
         write_prediction(prediction, pipe.task, output / item.rel_stem, opts.formats, image=loaded.context,
-                         normal_flip=opts.normal_flip)
+                         normal_flip=opts.normal_flip, kind=pipe.spec.kind, labels=pipe.spec.labels)
 
     with _tiled_decode(pipe, opts.tile_above):
         result = run(pipe, jobs, load, write, batch_size=batch_size, workers=opts.workers, sink_workers=2,

@@ -68,3 +68,35 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     return root
+
+
+def ade20k_files(rng: np.random.Generator, count: int = 2, size: tuple[int, int] = (24, 32)):
+    """`count` ADE20K validation samples in the ADEChallengeData2016 layout (relative to that folder).
+
+    Returns (files, annotations): annotation ids 0..150 (0 = "other") as stored, uint8 [H, W] each."""
+    files, annotations = {}, []
+    for i in range(1, count + 1):
+        rgb = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        ann = rng.integers(0, 151, size).astype(np.uint8)
+        ann[0, :3] = [0, 1, 150]  # "other", the first and the last class
+        files[f"images/validation/ADE_val_{i:08d}.jpg"] = jpg_bytes(rgb)
+        files[f"annotations/validation/ADE_val_{i:08d}.png"] = png_bytes(ann)
+        annotations.append(ann)
+    return files, annotations
+
+
+def cityscapes_files(rng: np.random.Generator, cities: tuple[str, ...] = ("frankfurt", "lindau"),
+                     size: tuple[int, int] = (24, 48), train_ids: bool = True):
+    """One Cityscapes val frame per city, relative to `cityscapes/`: leftImg8bit + gtFine labelTrainIds
+    (or labelIds when `train_ids` is False). Returns (files, {key: stored GT ids uint8 [H, W]})."""
+    files, gts = {}, {}
+    for city in cities:
+        name = f"{city}_000000_000019"
+        ids = rng.integers(0, 19, size) if train_ids else rng.integers(0, 34, size)
+        ids = ids.astype(np.uint8)
+        files[f"leftImg8bit/val/{city}/{name}_leftImg8bit.png"] = png_bytes(
+            rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+        suffix = "labelTrainIds" if train_ids else "labelIds"
+        files[f"gtFine/val/{city}/{name}_gtFine_{suffix}.png"] = png_bytes(ids)
+        gts[f"{city}/{name}_leftImg8bit.png"] = ids
+    return files, gts

@@ -49,7 +49,7 @@ def test_registry_names():
         "nyu", "kitti", "eth3d", "scannet", "diode", "diode-indoor", "diode-outdoor",
         "nyu-normal", "scannet-normal", "sintel-normal", "ibims-normal", "vkitti-normal",
         "dis-vd", "dis-te1", "dis-te2", "dis-te3", "dis-te4", "dis-te",
-        "p3m-500-np", "aim-500", "hypersim-seg",
+        "p3m-500-np", "aim-500", "hypersim-seg", "ade20k", "cityscapes",
     }  # fmt: skip
     assert set(DATASET_NAMES) == expected
     assert all(DATASETS[name].name == name for name in DATASET_NAMES)

@@ -40,8 +40,8 @@ def test_registry_task(name, channels, formats, defaults, aliases, benchmark, ki
     assert (dict(task.aliases), task.benchmark, task.output_kind) == (aliases, benchmark, kind)
 
 
-def test_registry_holds_the_six_tasks_in_documentation_order():
-    assert list(TASKS) == ["depth", "disparity", "normal", "dis", "matting", "seg"]
+def test_registry_holds_the_seven_tasks_in_documentation_order():
+    assert list(TASKS) == ["depth", "disparity", "normal", "dis", "matting", "seg", "semseg"]
 
 
 def test_suffixes_of_task_formats():
@@ -53,7 +53,7 @@ def test_suffixes_of_task_formats():
 
 def test_unknown_task_is_refused_naming_the_tasks():
     with pytest.raises(GenPerceptError, match=r"^Unknown task 'flow'; valid tasks are: depth, disparity, normal, "
-                                              r"dis, matting, seg\.$"):
+                                              r"dis, matting, seg, semseg\.$"):
         get_task("flow")
 
 
@@ -66,7 +66,7 @@ def test_derived_names_are_the_registry():
     assert outputs.OUTPUT_SUFFIXES == ("_colored.png", "_label.png", "_pred.npy", "_pred.png", "_rgba.png")
     assert TASK_OUTPUT_KIND["disparity"] == "affine_disparity"
     assert CHECKPOINT_TASKS == {"depth": ("depth", "disparity"), "normal": ("normal",), "dis": ("dis",),
-                                "matting": ("matting",), "seg": ("seg",)}
+                                "matting": ("matting",), "seg": ("seg",), "semseg": ("semseg",)}
 
 
 # --- post-processing -----------------------------------------------------------------------------

@@ -4,7 +4,7 @@
     sample = ds[0]                          # Sample(key, image, gt, valid, extra), decoded lazily
 
 Each module knows one dataset family's public layout: depth (Marigold archives), normal (DSINE),
-dis (DIS5K), matting (P3M-10k, AIM-500), seg (Hypersim).
+dis (DIS5K), matting (P3M-10k, AIM-500), seg (Hypersim), semseg (ADE20K, Cityscapes).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .dis import DISTest1, DISTest2, DISTest3, DISTest4, DISTestAll, DISValidati
 from .matting import AIM500, P3M500NP
 from .normal import IBimsNormal, NYUv2Normal, ScanNetNormal, SintelNormal, VKITTINormal
 from .seg import HypersimSeg
+from .semseg import ADE20KVal, CityscapesVal
 
 DATA_ENV = "GENPERCEPT_DATA"
 
@@ -36,7 +37,7 @@ _CLASSES: tuple[type[EvalDataset], ...] = (
     NYUv2Normal, ScanNetNormal, SintelNormal, IBimsNormal, VKITTINormal,
     DISValidation, DISTest1, DISTest2, DISTest3, DISTest4, DISTestAll,
     P3M500NP, AIM500,
-    HypersimSeg,
+    HypersimSeg, ADE20KVal, CityscapesVal,
 )  # fmt: skip
 
 DATASETS: dict[str, type[EvalDataset]] = {cls.name: cls for cls in _CLASSES}
@@ -52,15 +53,18 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return Path(data_dir).expanduser()
 
 
-def get_dataset(name: str, data_dir: str | Path | None = None, limit: int | None = None) -> EvalDataset:
-    """The named benchmark split under `data_dir` (else $GENPERCEPT_DATA), first `limit` samples.
+def get_dataset(name: str, data_dir: str | Path | None = None, limit: int | None = None,
+                protocol: str | None = None) -> EvalDataset:
+    """The named benchmark split under `data_dir` (else $GENPERCEPT_DATA), first `limit` samples, scored
+    with `protocol` (None: the dataset's default; depth: "marigold" or "metric", `datasets.depth`).
 
     Raises DataError for an unknown name (listing the valid ones) or missing data (naming the path).
     """
     cls = DATASETS.get(name)
     if cls is None:
         raise DataError(f"Unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}.")
-    return cls(resolve_data_dir(data_dir), limit=limit)
+    extra = {} if protocol is None else {"protocol": protocol}
+    return cls(resolve_data_dir(data_dir), limit=limit, **extra)
 
 
 __all__ = [

@@ -59,6 +59,8 @@ class EvalDataset:
     pred_clip: tuple[float, float] | None = None  # extra clip of aligned predictions (DIODE)
     align_max_samples: int | None = None  # subsample the alignment fit (ETH3D)
     source: str = ""  # where the public archive comes from, for error messages
+    protocol: str = "marigold"  # how predictions are scored (depth: "marigold" or "metric", datasets/depth.py)
+    protocols: tuple[str, ...] = ("marigold",)
 
     def __init__(self, data_dir: str | Path, limit: int | None = None):
         self.data_dir = Path(data_dir)

@@ -9,6 +9,12 @@ GenPercept's configs expect, e.g. `<root>/nyuv2/test/...`, also works):
 
 Split lines name members relative to the archive root; the first column is the RGB image and the
 sample key.
+
+Protocols: "marigold" (the default; affine-invariant models, SPEC §6.1) and, for NYUv2 and KITTI,
+"metric": the metric-depth protocol of GLPDepth / Meta Prompts (utils_depth/metrics.py there), chosen
+for metric-depth models. It scores GT in (1e-3, max_depth) (NYU 10 m with the Eigen crop rows 45:471,
+cols 41:601, the same as Marigold's; KITTI 80 m with the Garg crop instead of the Eigen mask, on the
+352x1216 KB crop), and predictions as they are: NaN -> min_depth, inf -> max_depth, no clip.
 """
 
 from __future__ import annotations
@@ -40,14 +46,24 @@ def range_mask(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 class DepthArchiveDataset(EvalDataset):
-    """Base for the tar-backed depth splits: split file + archive path + GT decoder."""
+    """Base for the tar-backed depth splits: split file + archive path + GT decoder.
+
+    protocol: one of `protocols` (module docstring); "metric" sets the attributes it changes."""
 
     task = "depth"
     archive: str = ""  # path under the data root
     split: str = ""  # path under benchmarks/splits
+    protocols: tuple[str, ...] = ("marigold",)
+    metric_settings: dict = {}  # the attributes the metric protocol sets
 
-    def __init__(self, data_dir: str | Path, limit: int | None = None, split_file: str | Path | None = None):
+    def __init__(self, data_dir: str | Path, limit: int | None = None, split_file: str | Path | None = None,
+                 protocol: str = "marigold"):
         super().__init__(data_dir, check_limit(limit))
+        if protocol not in self.protocols:
+            raise DataError(f"{self.name} has no {protocol!r} protocol; it has: {', '.join(self.protocols)}.")
+        self.protocol = protocol
+        for key, value in (self.metric_settings if protocol == "metric" else {}).items():
+            setattr(self, key, value)
         rows = [r for r in read_split(self.split, split_file) if self._keep(r)]
         self._entries = rows
         self._keys = [r[0] for r in rows]
@@ -95,6 +111,7 @@ class NYUv2Depth(DepthArchiveDataset):
     min_depth, max_depth = 1e-3, 10.0
     source = f"Marigold's evaluation data at {MARIGOLD_EVAL_URL}nyuv2/"
     eigen_crop = (slice(45, 471), slice(41, 601))  # rows, cols of the 480x640 frame
+    protocols = ("marigold", "metric")  # the metric protocol's range and crop on NYU equal Marigold's
 
     def _load(self, row: list[str]) -> Sample:
         gt = self._png_depth(row[1], 1000.0)
@@ -123,6 +140,11 @@ class KITTIDepth(DepthArchiveDataset):
     # rows int(0.3324324*352)=117 : int(0.91351351*352)=321,
     # cols int(0.0359477*1216)=43 : int(0.96405229*1216)=1172
     eigen_mask = (slice(117, 321), slice(43, 1172))
+    # Garg crop of the metric protocol, same convention: rows int(0.40810811*352)=143 : int(0.99189189*352)=349
+    garg_mask = (slice(143, 349), slice(43, 1172))
+    eval_mask = eigen_mask
+    protocols = ("marigold", "metric")
+    metric_settings = {"min_depth": 1e-3, "eval_mask": garg_mask}
 
     def _keep(self, row: list[str]) -> bool:
         return row[1] != "None"
@@ -143,7 +165,7 @@ class KITTIDepth(DepthArchiveDataset):
         gt = np.ascontiguousarray(self.kb_crop(gt_full, row[1]))
         image = np.ascontiguousarray(self.kb_crop(self._rgb(row[0], gt_full.shape), row[0]))
         eval_mask = np.zeros(gt.shape, dtype=bool)
-        eval_mask[self.eigen_mask] = True
+        eval_mask[self.eval_mask] = True
         valid = range_mask(gt, self.min_depth, self.max_depth) & eval_mask
         return Sample(key=row[0], image=image, gt=gt, valid=valid, extra={"focal": float(row[2])})
 

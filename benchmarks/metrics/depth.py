@@ -156,6 +156,13 @@ def align_depth(
     return np.maximum(depth, MIN_ALIGNED_DEPTH)
 
 
+def fill_non_finite(pred: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
+    """Metric depth with NaN (no prediction) set to min_depth and +-inf to max_depth, as the GLPDepth /
+    Meta Prompts evaluation does; float64 [H, W] metres."""
+    depth = np.asarray(pred, dtype=np.float64)
+    return np.where(np.isnan(depth), min_depth, np.where(np.isinf(depth), max_depth, depth))
+
+
 def depth_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> dict[str, float]:
     """The ten depth metrics of SPEC §6.1 over valid pixels of one image.
 

@@ -13,7 +13,7 @@ from .console import console, make_progress
 
 
 def eval_command(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Benchmark: nyu, kitti, eth3d, scannet, diode[-indoor|-outdoor], nyu-normal, scannet-normal, sintel-normal, ibims-normal, vkitti-normal, dis-vd, dis-te1..4, dis-te, p3m-500-np, aim-500, hypersim-seg."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Benchmark: nyu, kitti, eth3d, scannet, diode[-indoor|-outdoor], nyu-normal, scannet-normal, sintel-normal, ibims-normal, vkitti-normal, dis-vd, dis-te1..4, dis-te, p3m-500-np, aim-500, hypersim-seg, ade20k, cityscapes."),
     data_dir: Path | None = typer.Option(None, envvar="GENPERCEPT_DATA", help="Root holding the public evaluation archives (or set GENPERCEPT_DATA)."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help="Model to run (default: the benchmark task's v2 model, unless --predictions)."),
     predictions: Path | None = typer.Option(None, help="Score predictions on disk instead: <DIR>/<sample path without suffix>_pred.npy, as `predict` writes."),
@@ -27,6 +27,7 @@ def eval_command(
     normal_mode: str = typer.Option("pooled", help="Normals: pooled (DSINE, the paper) or per_image (Marigold)."),
     normal_flip: str = typer.Option("", help="Negate these axes of the predicted normals before scoring (e.g. x)."),
     seg_convention: str = typer.Option("mmseg", help="mIoU convention: mmseg or detectron2."),
+    multi_scale_flip: bool = typer.Option(False, "--multi-scale-flip", help="ade20k/cityscapes: multi-scale (1-1.5x) + flip inference, as Meta Prompts' --aug-test (default: single-scale)."),
     hce: bool = typer.Option(True, "--hce/--no-hce", help="DIS: compute HCE (slowest metric)."),
     hce_variant: str = typer.Option("line", help="DIS HCE polygon fit: line (OpenCV <= 4.12, published) or segment (>= 4.13)."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Score what is there even if some samples cannot be scored (a prediction missing or bad, ground truth without a valid pixel)."),
@@ -63,6 +64,9 @@ def eval_command(
         console.print(f"[yellow]warning:[/] --normal-flip is ignored: {escape(dataset)} is a {task} benchmark, "
                       "not a normal one.", highlight=False)
         normal_flip = ""
+    if multi_scale_flip and (task != "semseg" or predictions is not None):
+        raise GenPerceptError("--multi-scale-flip applies to a model run on ade20k or cityscapes, "
+                              f"not to {'--predictions' if predictions is not None else dataset}.")
     if save_predictions is not None and predictions is not None:
         console.print("[yellow]warning:[/] --save-predictions is ignored with --predictions (no model runs).",
                       highlight=False)
@@ -77,14 +81,14 @@ def eval_command(
     if save_predictions is not None:
         check_writable(save_predictions, "--save-predictions", folder=True)
     if predictions is None:  # the model runs: a checkpoint that does not resolve is refused before the data is read
-        checkpoint = checkpoint or default_checkpoint(task)
+        checkpoint = checkpoint or getattr(DATASETS[dataset], "default_checkpoint", "") or default_checkpoint(task)
         resolve_checkpoint(checkpoint)
     opts = EvalOptions(
         dataset=dataset, data_dir=data_dir, checkpoint=checkpoint if predictions is None else None,
         predictions=predictions, save_predictions=save_predictions, limit=limit, processing_res=processing_res,
         space=space if predictions is None or checkpoint is None else _space_of(checkpoint, space, task),
         eth3d_subsample=eth3d_subsample, normal_mode=normal_mode, normal_flip=normal_flip,
-        seg_convention=seg_convention, with_hce=hce, hce_variant=hce_variant, device=rank_device(device, dist),
+        seg_convention=seg_convention, multi_scale_flip=multi_scale_flip, with_hce=hce, hce_variant=hce_variant, device=rank_device(device, dist),
         dtype=dtype, batch_size=batch_size,
     )
     with make_progress() as progress:

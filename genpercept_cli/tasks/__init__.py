@@ -12,11 +12,12 @@ from .base import NPY, Format, Task
 from .depth import DEPTH, DISPARITY
 from .normal import NORMAL
 from .seg import SEG
+from .semseg import SEMSEG
 
 __all__ = ["NPY", "TASKS", "Format", "Task", "get_task", "output_suffixes", "register_task"]
 
 # The registry, in documentation order.
-TASKS: dict[str, Task] = {task.name: task for task in (DEPTH, DISPARITY, NORMAL, DIS, MATTING, SEG)}
+TASKS: dict[str, Task] = {task.name: task for task in (DEPTH, DISPARITY, NORMAL, DIS, MATTING, SEG, SEMSEG)}
 
 
 def register_task(task: Task) -> Task:

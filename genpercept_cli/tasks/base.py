@@ -2,6 +2,8 @@
 prediction is read back and checked for scoring.
 
 Predictions are float32 at the input image's size: [H, W] for 1-channel tasks, [H, W, 3] otherwise.
+How they are encoded may depend on the checkpoint: its output kind (`checkpoints.OUTPUT_KINDS`, e.g.
+metric depth in metres) and, for segmentation, its label set (`palette.LABEL_SETS`).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class Task:
     """A dense-prediction task. Subclasses override the methods where their task differs.
 
     name: the task's name (`--task`, a checkpoint spec's `task`).
-    channels: 1 (predictions [H, W]) or 3 ([H, W, 3]).
+    channels: of the post-processed prediction: 1 ([H, W]) or 3 ([H, W, 3]); the model's output may have
+        more (class scores [K, H, W] become ids [H, W]).
     output: what a prediction means, in words (a checkpoint spec's default `output`).
     output_kind: how a checkpoint of this task is post-processed and scored unless its spec says
         otherwise (one of `checkpoints.OUTPUT_KINDS`).
@@ -79,6 +82,17 @@ class Task:
         kind (`checkpoints.OUTPUT_KINDS`; None = the task's), for tasks whose outputs differ by kind."""
         return p.clamp(0.0, 1.0)
 
+    def encoder(self, name: str, pred: np.ndarray, kind: str | None = None,
+                labels: str | None = None) -> Encoder | None:
+        """The encoding of format `name` for the prediction `pred` of a checkpoint of output kind `kind` and
+        label set `labels` (None: the task's defaults); None stores the float32 prediction as it is. Tasks
+        whose encoding needs image-wide values (a colour range) compute them from `pred` here."""
+        return self.formats[name].encode
+
+    def value_problem(self, pred: np.ndarray, kind: str | None = None) -> str | None:
+        """Why the values of a prediction about to be written cannot be (here: NaN or inf), or None."""
+        return None if np.isfinite(pred).all() else "contains NaN or inf"
+
     def flip(self, pred: np.ndarray, axes: str) -> np.ndarray:
         """`pred` with the axes `axes` (e.g. "yz") negated; only normals have axes."""
         raise GenPerceptError(f"A normal flip only applies to the normal task, not to {self.name}.")
@@ -93,10 +107,11 @@ class Task:
             return read_numeric_npy(npy)
         raise FileNotFoundError(npy)
 
-    def check_saved(self, pred: np.ndarray, size: tuple[int, int]) -> str | None:
-        """Why `pred` cannot be scored against a ground truth of `size` (H, W), or None."""
+    def check_saved(self, pred: np.ndarray, size: tuple[int, int], kind: str | None = None) -> str | None:
+        """Why `pred` cannot be scored against a ground truth of `size` (H, W), or None. kind: the output kind
+        the files hold (None = the task's), e.g. metric depth, whose NaN marks pixels without a prediction."""
         problem = self._shape_problem(pred, size)
-        if problem is None and np.issubdtype(pred.dtype, np.floating) and not np.isfinite(pred).all():
+        if problem is None and np.issubdtype(pred.dtype, np.floating) and self.value_problem(pred, kind):
             return "contains non-finite values"
         return problem
 

@@ -1,12 +1,33 @@
-"""Depth and disparity: float32 [H, W] in [0, 1], affine-invariant (SPEC §4).
+"""Depth and disparity (SPEC §4).
 
-depth: 0 = near, 1 = far; disparity: 1 = near. Files: <stem>_pred.npy (float32), <stem>_pred.png
-(16-bit, round(v * 65535)), <stem>_colored.png (Spectral colour map, near = red). Both are scored by the
-depth benchmarks.
+Affine-invariant (the GenPercept models, output kinds affine_depth / affine_disparity): float32 [H, W] in
+[0, 1]; depth: 0 = near, 1 = far; disparity: 1 = near. Files: <stem>_pred.npy (float32), <stem>_pred.png
+(16-bit, round(v * 65535)), <stem>_colored.png (Spectral colour map, near = red).
+
+Metric (output kind metric_depth, e.g. Meta Prompts): float32 [H, W] in metres, >= 0, NaN where the model
+made no prediction. Files: <stem>_pred.npy (metres as predicted, NaN kept), <stem>_pred.png (16-bit
+millimetres: round(d * 1000) clipped to 65535, 0 = no prediction), <stem>_colored.png (Spectral, near =
+red, stretched over the image's own finite depth range, black = no prediction).
+
+Both are scored by the depth benchmarks.
 """
 
-from ..colormap import colorize_depth
-from .base import NPY, Format, Task, to_uint16
+from __future__ import annotations
+
+import numpy as np
+
+from ..colormap import colorize_depth, colorize_metric_depth, finite_range
+from .base import NPY, Encoder, Format, Task, to_uint16
+
+METRIC = "metric_depth"
+
+
+def to_millimetres(depth: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
+    """Metric depth [H, W] in metres -> uint16 millimetres round(d * 1000), clipped to 0..65535 (65.535 m);
+    NaN/inf (no prediction) -> 0, the usual "no data" of depth PNGs."""
+    depth = np.asarray(depth, dtype=np.float64)
+    mm = np.clip(np.rint(np.where(np.isfinite(depth), depth, 0.0) * 1000.0), 0, 65535)
+    return mm.astype(np.uint16)
 
 
 def _formats(name: str) -> dict[str, Format]:
@@ -16,12 +37,35 @@ def _formats(name: str) -> dict[str, Format]:
     return {"npy": NPY, "png16": Format("_pred.png", to_uint16), "color": Format("_colored.png", color)}
 
 
-DEPTH = Task(
+class DepthTask(Task):
+    """Depth-like tasks; metric depth (kind "metric_depth") is kept in metres (module docstring)."""
+
+    def postprocess(self, p, kind: str | None = None):
+        """p [1, H, W]: affine outputs clipped to [0, 1]; metric depth only to >= 0 (NaN stays: no prediction)."""
+        return p.clamp_min(0.0) if kind == METRIC else p.clamp(0.0, 1.0)
+
+    def encoder(self, name: str, pred: np.ndarray, kind: str | None = None,
+                labels: str | None = None) -> Encoder | None:
+        if kind != METRIC or name == "npy":
+            return super().encoder(name, pred, kind, labels)
+        if name == "png16":
+            return to_millimetres
+        near, far = finite_range(pred)  # one range for the whole image, so the stripes agree
+        return lambda rows, image=None: colorize_metric_depth(rows, near, far)
+
+    def value_problem(self, pred: np.ndarray, kind: str | None = None) -> str | None:
+        """Metric depth may hold NaN (no prediction); inf is refused everywhere."""
+        if kind == METRIC:
+            return "contains inf" if np.isinf(pred).any() else None
+        return super().value_problem(pred, kind)
+
+
+DEPTH = DepthTask(
     "depth", channels=1, output="affine-invariant depth in [0,1], 0 = near, 1 = far", output_kind="affine_depth",
     formats=_formats("depth"), default_formats=("npy", "png16", "color"), benchmark="depth",
     aliases={"png": "png16"},
 )
-DISPARITY = Task(
+DISPARITY = DepthTask(
     "disparity", channels=1, output="affine-invariant disparity in [0,1], 1 = near", output_kind="affine_disparity",
     formats=_formats("disparity"), default_formats=("npy", "png16", "color"), benchmark="depth",
     aliases={"png": "png16"},
