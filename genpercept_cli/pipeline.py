@@ -20,7 +20,15 @@ import torch
 from .checkpoints import CheckpointSpec, fetch_checkpoint, resolve_checkpoint
 from .errors import GenPerceptError
 from .models import DenseModel, build_model
-from .resize import MIN_SIDE, check_processing_res, image_to_tensor, processed_size, resize_float, resize_uint8
+from .resize import (
+    MIN_SIDE,
+    check_processing_res,
+    image_to_tensor,
+    processed_size,
+    resize_float,
+    resize_uint8,
+    upload,
+)
 from .runtime.device import measured_fast_path, resolve_device, resolve_dtype
 from .tasks import get_task
 
@@ -164,8 +172,10 @@ class GenPerceptPipeline:
         return self.model(self.normalise(rgb)).float()
 
     def normalise(self, rgb: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """uint8 [B, 3, h, w] -> the model's input x = rgb / 255 * 2 - 1 on the device, in `dtype`."""
-        return rgb.to(self.device, dtype or self.dtype) / 255.0 * 2.0 - 1.0
+        """uint8 [B, 3, h, w] -> the model's input x = rgb / 255 * 2 - 1 on the device, in `dtype`.
+
+        Uploaded as uint8 (pinned, non-blocking on CUDA) and converted on the device."""
+        return upload(rgb, self.device).to(dtype or self.dtype) / 255.0 * 2.0 - 1.0
 
     def _fp32(self) -> DenseModel:
         """An fp32 copy of the model, eager (compiled parts are copied as their originals)."""
@@ -191,9 +201,32 @@ class GenPerceptPipeline:
         """
         p = resize_float(pred[None].float(), size)[0]  # [C,H,W]
         p = get_task(self.task).postprocess(p, self.spec.kind)  # e.g. clipped to [0, 1]; normals: unit vectors
-        if p.shape[0] == 1:
-            return p[0].cpu().numpy()
-        return p.permute(1, 2, 0).cpu().numpy()
+        return _host_array(p)
+
+    @torch.inference_mode()
+    def postprocess_batch(self, preds: torch.Tensor, sizes: list[tuple[int, int]],
+                          one_copy: bool | None = None) -> list[np.ndarray]:
+        """[B, C, h, w] model outputs -> for each image what `postprocess` returns at its size.
+
+        The whole batch is resized (one call per distinct input size) and post-processed by the task
+        on the model's device; values equal `postprocess`'s. one_copy (default: on CUDA) brings the
+        batch to the host in one device-to-host copy; on the CPU that copy would only double memory.
+        """
+        task = get_task(self.task)
+        outs: list[torch.Tensor] = [preds] * len(sizes)  # placeholders, all replaced below
+        for size in dict.fromkeys(tuple(s) for s in sizes):
+            index = [i for i, s in enumerate(sizes) if tuple(s) == size]
+            resized = resize_float(preds[index].float(), size)  # [n,C,H,W]
+            for row, i in zip(resized, index):
+                outs[i] = task.postprocess(row, self.spec.kind)  # [C',H,W], any channel count
+        if not (preds.device.type == "cuda" if one_copy is None else one_copy):
+            return [_host_array(o) for o in outs]
+        flat = torch.cat([o.reshape(-1) for o in outs]).cpu()  # the batch's one device-to-host copy
+        arrays, start = [], 0
+        for o in outs:
+            arrays.append(_host_array(flat[start : start + o.numel()].view(o.shape)))
+            start += o.numel()
+        return arrays
 
     def processed_size(self, height: int, width: int, processing_res: int) -> tuple[int, int]:
         """The size the model sees for an image of height x width (the model's size rule)."""
@@ -226,3 +259,8 @@ class GenPerceptPipeline:
         if report.failed:
             raise GenPerceptError(report.failed[0][1])
         return results[0] if single else results
+
+
+def _host_array(p: torch.Tensor) -> np.ndarray:
+    """[C, H, W] -> numpy on the host: [H, W] for one channel, else [H, W, C] (a view where possible)."""
+    return p[0].cpu().numpy() if p.shape[0] == 1 else p.permute(1, 2, 0).cpu().numpy()

@@ -76,3 +76,22 @@ def model_input(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     while the float32 working copy is one channel (H*W*4 bytes) instead of three.
     """
     return torch.cat([resize_uint8(image_to_tensor(image[..., c : c + 1]), size) for c in range(3)], dim=1)
+
+
+def upload(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A tensor onto `device`. CPU -> CUDA goes through pinned memory without blocking the host, so the
+    copy overlaps with work already queued on the GPU; anything else is a plain `.to(device)`."""
+    device = torch.device(device)
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
+
+
+def upload_resize(image: np.ndarray, size: tuple[int, int], device: torch.device | str) -> torch.Tensor:
+    """uint8 [H, W, 3] -> the model's uint8 [1, 3, h, w] on `device`, resized there.
+
+    Uploaded as uint8 (a quarter of float32's bytes), then `resize_uint8` on the device. On the CPU the
+    result equals `model_input`; on CUDA the float interpolation rounds differently at .5, so pixels may
+    differ by one level (tests/test_cuda.py: at most 1, on under 1% of pixels).
+    """
+    return resize_uint8(upload(image_to_tensor(image), device), size)

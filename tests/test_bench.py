@@ -223,3 +223,51 @@ def test_bench_speed_with_a_checkpoint_in_the_released_layout(tmp_path, checkpoi
 def test_bench_option_errors(args, message):
     result = CliRunner().invoke(app, ["bench-speed", "--random-weights", "--model-size", "tiny", *args])
     assert result.exit_code == 2 and message in result.output
+
+
+# -- the peer: diffusers' MarigoldDepthPipeline at one step on our modules -------------------------
+@pytest.fixture()
+def marigold_importable(monkeypatch):
+    """The peer's module imports transformers for its text encoder, which the peer never runs (the
+    empty-prompt embedding is handed over); where transformers is not installed, names stand in."""
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("transformers") is None:
+        stand_in = types.ModuleType("transformers")
+        stand_in.CLIPTextModel = type("CLIPTextModel", (), {})
+        stand_in.CLIPTokenizer = type("CLIPTokenizer", (), {})
+        monkeypatch.setitem(sys.modules, "transformers", stand_in)
+
+
+def test_peer_runs_the_unet_once_at_t999_on_our_modules(tiny_pipe, marigold_importable):
+    from benchmarks.speed.peer import DiffusersMarigoldPeer
+
+    calls = []
+    with marigold_unet(tiny_pipe.model.unet) as unet:
+        handle = unet.register_forward_pre_hook(
+            lambda m, args, kwargs: calls.append((args[0].shape, int(args[1]), kwargs["encoder_hidden_states"])),
+            with_kwargs=True)
+        try:
+            peer = DiffusersMarigoldPeer(tiny_pipe, unet)
+            out = peer.predict_batch(torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8))
+        finally:
+            handle.remove()
+    assert out.shape == (2, 1, 32, 48) and out.dtype == torch.float32
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    assert len(calls) == 1 and calls[0][0] == (2, 8, 4, 6) and calls[0][1] == 999
+    assert torch.equal(calls[0][2], tiny_pipe.model.embedding.expand(2, -1, -1))
+    assert tiny_pipe.model.unet.conv_in.in_channels == 4  # restored after the swap
+
+
+def test_bench_speed_measures_the_peer_beside_us(tmp_path, marigold_importable):
+    report = _bench(tmp_path, "--protocol", "genpercept", "--protocol", "diffusers", "--repeats", "1",
+                    "--batch-size", "0")
+    one_step, peer = report["runs"]
+    assert peer["label"] == "diffusers_marigold_1x1" and peer["peer"].endswith("MarigoldDepthPipeline")
+    assert peer["unet_samples_per_image"] == 1 and peer["stages_ms"]["vae_decode"] > 0
+    assert report["speedups"]["diffusers_marigold_1x1"] == pytest.approx(
+        peer["latency_ms_per_image"] / one_step["latency_ms_per_image"])
+    assert report["batch_size"] == 1 and report["batch_size_auto"]  # automatic: 1 on the CPU
+    assert report["environment"]["allocator"]["mode"] in ("tuned", "system")

@@ -1,6 +1,7 @@
 """The one runner: every job exactly once, batches of one size, sharding, failures, and eval batching."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -245,3 +246,106 @@ def test_size_balanced_shards_keep_batches_full_and_cover_every_job_once(world, 
         partial = [c % batch_size for c in counts if c % batch_size]
         assert len(partial) <= 1  # only the last batch of a size may be short, on one rank
         assert max(counts) - min(counts) <= batch_size  # every rank gets its share of every size
+
+
+# -- the data path: batch post-processing, uploads, overlap, the memory model ----------------------
+@pytest.mark.parametrize("task, channels", [("depth", 1), ("normal", 3), ("seg", 3), ("matting", 1)])
+def test_batch_postprocess_equals_the_per_image_path(checkpoint_root, task, channels):
+    from genpercept_cli.pipeline import GenPerceptPipeline
+
+    pipe = GenPerceptPipeline.from_checkpoint(str(checkpoint_root / f"unet_{task}_v2"), device="cpu")
+    preds = torch.rand(4, channels, 12, 16, generator=torch.Generator().manual_seed(3)) * 1.2 - 0.1
+    sizes = [(20, 27), (12, 16), (20, 27), (7, 9)]  # mixed input sizes, one of them the processed size
+    for one_copy in (None, True):  # True: the CUDA path's single device-to-host copy, here on the CPU
+        batch = pipe.postprocess_batch(preds, sizes, one_copy=one_copy)
+        for pred, size, got in zip(preds, sizes, batch):
+            want = pipe.postprocess(pred, size)
+            assert got.shape == want.shape and got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+
+
+class BatchPostPipe(FakePipe):
+    """FakePipe with a batch post-processing that records the batches it gets."""
+
+    def __init__(self):
+        super().__init__()
+        self.post_calls = []
+
+    def postprocess_batch(self, preds, sizes):
+        self.post_calls.append((preds.shape[0], list(sizes)))
+        return [p[0].numpy() for p in preds]
+
+
+def test_runner_post_processes_each_batch_in_one_call():
+    pipe = BatchPostPipe()
+    jobs, sizes = _jobs(7, seed=4, known=True)
+    seen, report = _run(pipe, jobs, sizes, batch_size=3)
+    assert report.done == 7 and seen == {i: float(i % 256) for i in range(7)}
+    assert [n for n, _ in pipe.post_calls] == [n for n, _ in pipe.batches]  # one call per model batch
+    assert all(len(set(s)) == 1 for _, s in pipe.post_calls)  # known sizes: batches of one size
+
+
+def test_upload_resize_on_the_cpu_equals_model_input():
+    from genpercept_cli.resize import model_input, upload, upload_resize
+
+    image = np.random.default_rng(5).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    got = upload_resize(image, (22, 32), "cpu")
+    assert got.dtype == torch.uint8 and torch.equal(got, model_input(image, (22, 32)))
+    x = torch.arange(6, dtype=torch.uint8)
+    assert upload(x, "cpu") is x  # nothing to copy on the CPU
+
+
+class SlowPipe(FakePipe):
+    """A model that takes 40 ms a batch and flags while it computes."""
+
+    def __init__(self):
+        super().__init__()
+        self.computing = False
+
+    def predict_batch(self, rgb):
+        self.computing = True
+        time.sleep(0.04)
+        self.computing = False
+        return super().predict_batch(rgb)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_reading_and_writing_overlap_compute_only_in_overlap_mode(overlap):
+    pipe = SlowPipe()
+    during = {"load": 0, "sink": 0}
+
+    def load(job):
+        time.sleep(0.01)
+        during["load"] += pipe.computing
+        return Loaded(job, torch.full((1, 3, 8, 8), job.index, dtype=torch.uint8), (8, 8))
+
+    def sink(loaded, prediction):
+        time.sleep(0.01)
+        during["sink"] += pipe.computing
+
+    report = run(pipe, [Job(i, (8, 8)) for i in range(12)], load, sink, batch_size=2, workers=2, overlap=overlap)
+    assert report.done == 12
+    if overlap:  # the next batches decode and the last ones write while the model computes
+        assert during["load"] > 0 and during["sink"] > 0
+    else:
+        assert during == {"load": 0, "sink": 0}
+
+
+def test_memory_model_from_a_fake_device():
+    from genpercept_cli.runtime.memory import MemoryModel, fit_memory_model
+
+    gib = 2**30
+    model = fit_memory_model(lambda n: 0.5 * gib + n * 1.5 * gib)  # a device: 0.5 GiB fixed, 1.5 GiB an image
+    assert model == MemoryModel(0.5 * gib, 1.5 * gib)
+    assert model.batch_size(40 * gib) == 21  # (0.8 * 40 - 0.5) / 1.5 = 21.0
+    assert model.batch_size(1 * gib) == 1  # never below one image
+    assert model.batch_size(1000 * gib) == 32  # capped
+    assert model.batch_size(40 * gib, headroom=0.5, cap=64) == 13  # (20 - 0.5) / 1.5 = 13.0
+
+
+def test_auto_batch_size_is_one_on_the_cpu(checkpoint_root):
+    from genpercept_cli.pipeline import GenPerceptPipeline
+    from genpercept_cli.runtime.memory import auto_batch_size
+
+    pipe = GenPerceptPipeline.from_checkpoint(str(checkpoint_root / "unet_depth_v2"), device="cpu")
+    assert auto_batch_size(pipe, (64, 64)) == 1

@@ -9,11 +9,16 @@ Protocols, run in one process on the same modules, dtype, inputs and outputs:
     marigold:SxE  the multi-step stochastic protocol on a U-Net of the same size (8 input channels:
                   image latent + noisy latent). Per ensemble member: VAE encode, S DDIM v-prediction
                   steps, VAE decode; then the members are ensembled (`ensemble_median`)
+    diffusers     the peer a user would pick: diffusers' `MarigoldDepthPipeline` at one step, ensemble 1,
+                  on the same modules (8-channel `conv_in`), inputs and writers (`peer.py`)
 
 Timing: `time.perf_counter` read only after `torch.cuda.synchronize()` (CPU work is synchronous), so
 asynchronous GPU work is charged to the stage that queued it. Compute stages are timed by forward
 hooks on the modules themselves (VAE encoder, U-Net, VAE decoder, DPT head); reading and writing in
 the runner's threads. Warm-up runs are excluded; medians and spread are over the repeats.
+
+CPU time: the process's user and system seconds and minor page faults per image (`getrusage`), which
+other jobs on the cores disturb far less than wall time.
 
 Peak memory: CUDA `torch.cuda.max_memory_allocated` (tensors only). CPU: the process's peak resident
 set (VmHWM: weights, activations, allocator caches, Python), reset before each protocol's repeats by

@@ -40,6 +40,8 @@ def environment(device) -> dict:
     import PIL
     import torch
 
+    from genpercept_cli.runtime.allocator import heap_state
+
     flags = cpu_flags()
     env = {
         "versions": {
@@ -54,12 +56,13 @@ def environment(device) -> dict:
             "load_average_1min": os.getloadavg()[0],
         },
         "platform": platform.platform(),
+        "allocator": heap_state().as_dict(),  # glibc heap mode (genpercept_cli.runtime.allocator)
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env["cuda"] = {"name": props.name, "memory_gib": props.total_memory / 2**30,
                        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-                       "capability": f"{props.major}.{props.minor}"}
+                       "capability": f"{props.major}.{props.minor}", "driver": _nvidia_driver()}
     return env
 
 
@@ -68,3 +71,15 @@ def _version(metadata) -> str:
         return metadata.version("genpercept")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _nvidia_driver() -> str:
+    """The NVIDIA driver version as nvidia-smi reports it ("unknown" without nvidia-smi)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.strip().splitlines()[0] if out.strip() else "unknown"

@@ -12,7 +12,7 @@ from genpercept_cli.errors import GenPerceptError
 from .presets import random_module
 
 _PROTOCOL = re.compile(
-    r"^(?P<name>genpercept|reference|marigold)(?::(?P<s>\d+)x(?P<e>\d+))?(?:@(?P<r>\d+))?$"
+    r"^(?P<name>genpercept|reference|marigold|diffusers)(?::(?P<s>\d+)x(?P<e>\d+))?(?:@(?P<r>\d+))?$"
 )
 
 
@@ -28,18 +28,21 @@ class Protocol:
 
     @property
     def label(self) -> str:
+        if self.name == "diffusers":
+            return "diffusers_marigold_1x1"
         return f"marigold_{self.steps}x{self.ensemble}" if self.name == "marigold" else self.name
 
 
 def parse_protocols(specs: list[str], steps: int, ensemble: int) -> list[Protocol]:
-    """'genpercept', 'reference', 'marigold' (uses steps/ensemble) or 'marigold:SxE', each with an
-    optional '@N' repeat count. The one-step protocol is always measured, first unless listed."""
+    """'genpercept', 'reference', 'marigold' (uses steps/ensemble), 'marigold:SxE' or 'diffusers' (the
+    peer: diffusers' MarigoldDepthPipeline at one step), each with an optional '@N' repeat count. The
+    one-step protocol is always measured, first unless listed."""
     protocols = []
     for spec in specs:
         match = _PROTOCOL.match(spec.strip().lower())
         if not match:
             raise GenPerceptError(
-                f"unknown protocol {spec!r}; use genpercept, reference, marigold or marigold:SxE, "
+                f"unknown protocol {spec!r}; use genpercept, reference, marigold, marigold:SxE or diffusers, "
                 "optionally followed by @N repeats (e.g. marigold:10x10@1)."
             )
         name, s, e, r = match["name"], match["s"], match["e"], match["r"]
@@ -153,12 +156,15 @@ class MarigoldBaseline:
         self.schedule = ddim_schedule(steps)
         self.seed = seed
 
-
     @property
     def recoveries(self) -> int:
         return self.pipe.recoveries
+
     def postprocess(self, pred, size):
         return self.pipe.postprocess(pred, size)
+
+    def postprocess_batch(self, preds, sizes):
+        return self.pipe.postprocess_batch(preds, sizes)
 
     def processed_size(self, height: int, width: int, processing_res: int):
         return self.pipe.processed_size(height, width, processing_res)

@@ -3,16 +3,19 @@ JSON-ready report and its tables."""
 
 from __future__ import annotations
 
+import os
+import resource
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from genpercept_cli.errors import GenPerceptError
 
 from .clock import PeakMemory, StageClock, instrumented
 from .environment import device_name, environment
+from .peer import DiffusersMarigoldPeer
 from .presets import PRESETS, build_random_model
 from .protocols import MarigoldBaseline, Protocol, marigold_unet
 
@@ -51,8 +54,11 @@ def run_images(target, images, output: Path, formats, res: int, batch_size: int,
 
             torch.cuda.empty_cache()
 
-    # tile_above=None: tiling stays as `pipe.optimize` set it (--tile-above)
-    options = PredictOptions(processing_res=res, formats=formats, batch_size=batch_size, workers=2, tile_above=None)
+    # tile_above=None: tiling stays as `pipe.optimize` set it (--tile-above). Readers: 2 on the CPU (the
+    # cores compute), up to 8 beside a GPU, where decoding 1152² JPEGs at 30+ images/s needs several.
+    workers = 2 if clock.device.type == "cpu" else min(8, os.cpu_count() or 2)
+    options = PredictOptions(processing_res=res, formats=formats, batch_size=batch_size, workers=workers,
+                             tile_above=None)
     report = run_predict(target, images, output, options, clock=clock, overlap=overlap, after_batch=after_batch)
     if report.failed:
         raise GenPerceptError(f"the benchmark run failed: {report.failed[0][1]}")
@@ -63,12 +69,13 @@ def measure(run_once, warm_up, n_images: int, warmup: int, repeats: int, clock, 
     for _ in range(warmup):
         warm_up()
     memory.reset()
-    runs, stage_runs, samples = [], [], []
+    runs, stage_runs, samples, cpu_runs = [], [], [], []
     for _ in range(repeats):
         clock.reset()
-        start = clock.now()
+        start, usage = clock.now(), resource.getrusage(resource.RUSAGE_SELF)
         run_once()
         elapsed = clock.now() - start
+        cpu_runs.append(_cpu_per_image(usage, resource.getrusage(resource.RUSAGE_SELF), n_images))
         runs.append(1000 * elapsed / n_images)
         stage_runs.append({k: 1000 * v / n_images for k, v in clock.seconds.items()})
         samples.append(clock.unet_samples / n_images)
@@ -85,7 +92,16 @@ def measure(run_once, warm_up, n_images: int, warmup: int, repeats: int, clock, 
         "stages_ms": stages,
         "stages_ms_runs": stage_runs,
         "unet_samples_per_image": statistics.median(samples),
+        # the process's CPU time and page faults: less sensitive than wall time to other jobs on the cores
+        "cpu": {k: statistics.median(r[k] for r in cpu_runs) for k in cpu_runs[0]},
     }
+
+
+def _cpu_per_image(before, after, n_images: int) -> dict:
+    """User and system CPU ms and minor page faults per image between two `getrusage` readings."""
+    return {"user_ms_per_image": 1000 * (after.ru_utime - before.ru_utime) / n_images,
+            "system_ms_per_image": 1000 * (after.ru_stime - before.ru_stime) / n_images,
+            "minor_faults_per_image": (after.ru_minflt - before.ru_minflt) / n_images}
 
 
 # -- the benchmark --------------------------------------------------------------------------------
@@ -117,7 +133,7 @@ class BenchConfig:
         if self.random_weights == (self.checkpoint is not None):
             raise GenPerceptError("pass exactly one of --random-weights and --checkpoint NAME.")
         minimums = {"--resolution": (self.resolution, 8), "--input-size": (self.input_size, 8),
-                    "--batch-size": (self.batch_size, 1), "--num-images": (self.num_images, 1),
+                    "--batch-size": (self.batch_size, 0), "--num-images": (self.num_images, 1),
                     "--repeats": (self.repeats, 1), "--warmup": (self.warmup, 0),
                     "--tile-above": (self.tiled_decode_above, 0)}
         for option, (value, lowest) in minimums.items():
@@ -165,9 +181,19 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     from genpercept_cli.outputs import DEFAULT_FORMATS
     from genpercept_cli.runtime.device import measured_fast_path
 
-    pipe = load_pipeline(cfg.validate())
+    cfg.validate()
+    if any(p.name == "diffusers" for p in cfg.protocols):
+        from .peer import marigold_pipeline_class
+
+        marigold_pipeline_class()  # a missing peer is reported before any model is built
+    pipe = load_pipeline(cfg)
     set_attention(pipe, cfg.attention)
     device = pipe.device
+    auto_batch = cfg.batch_size == 0
+    if auto_batch:  # the measured per-image memory model (runtime.memory) at this size
+        from genpercept_cli.runtime.memory import auto_batch_size
+
+        cfg = replace(cfg, batch_size=auto_batch_size(pipe, (cfg.resolution, cfg.resolution)))
     measured = measured_fast_path(device, pipe.dtype).get("channels_last", False)
     channels_last = measured if cfg.channels_last is None else cfg.channels_last
     n_images = cfg.num_images or cfg.batch_size
@@ -178,7 +204,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         "device": str(device), "device_name": device_name(device),
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "resolution": cfg.resolution, "input_size": side, "num_images": n_images, "warmup": cfg.warmup,
-        "model": pipe.spec.name, "attention": cfg.attention,
+        "model": pipe.spec.name, "attention": cfg.attention, "batch_size_auto": auto_batch,
     }
     # The reference runs first, on the modules as loaded; then the fast path is switched on.
     order = sorted(cfg.protocols, key=lambda p: p.name != "reference")
@@ -226,6 +252,12 @@ def _run_protocol(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_i
     if p.name == "genpercept":
         return {"batch_size": cfg.batch_size, **measure(runner(pipe), runner(pipe), n_images, cfg.warmup,
                                                         repeats, clock, memory)}
+    if p.name == "diffusers":
+        with marigold_unet(pipe.model.unet) as unet:
+            peer = DiffusersMarigoldPeer(pipe, unet, cfg.seed)
+            result = measure(runner(peer), runner(peer), n_images, cfg.warmup, repeats, clock, memory)
+        return {"batch_size": cfg.batch_size, "steps": 1, "ensemble": 1,
+                "peer": f"diffusers {peer.version} MarigoldDepthPipeline", **result}
     with marigold_unet(pipe.model.unet) as unet:
         target = MarigoldBaseline(pipe, unet, p.steps, p.ensemble, cfg.batch_size, clock, cfg.seed)
         # Warm-up: one step, one member batch - every kernel and shape of the full protocol.

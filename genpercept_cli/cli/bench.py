@@ -19,14 +19,15 @@ def bench_speed(
         None, "--checkpoint", "-c", help="Real weights: registry name, hub id or local folder."),
     protocol: list[str] = typer.Option(
         ["genpercept"], "--protocol",
-        help="Repeatable: genpercept, reference, marigold (--steps/--ensemble) or marigold:SxE; '@N' sets "
-        "its repeats (e.g. marigold:10x10@1). The one-step run is always included.",
+        help="Repeatable: genpercept, reference, marigold (--steps/--ensemble), marigold:SxE or diffusers "
+        "(diffusers' MarigoldDepthPipeline at one step, same modules); '@N' sets its repeats (e.g. "
+        "marigold:10x10@1). The one-step run is always included.",
     ),
     steps: int = typer.Option(10, help="Marigold baseline: denoising steps."),
     ensemble: int = typer.Option(10, help="Marigold baseline: ensemble members."),
     resolution: int = typer.Option(512, help="Processing resolution (square inputs)."),
     input_size: int | None = typer.Option(None, help="Synthetic input JPEG side (default 1.5 × res)."),
-    batch_size: int = typer.Option(1, help="Images per batch (Marigold: members per U-Net call)."),
+    batch_size: int = typer.Option(1, help="Images per batch (Marigold: members per U-Net call); 0 = automatic (the measured per-image memory model)."),
     num_images: int | None = typer.Option(None, help="Images per timed repeat (default: the batch size)."),
     dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),

@@ -1,7 +1,7 @@
 """The one loop every command runs: `predict` writes files, `eval` scores, `bench-speed` times.
 
     jobs -> (shard) -> bucket by processed size -> load in reader threads, a bounded distance ahead
-    -> batches of one size -> model (out-of-memory halves the batch) -> post-process -> sink
+    -> batches of one size -> model (out-of-memory halves the batch) -> post-process (per batch) -> sink
 
 The sink differs per command (a writer, a scorer, nothing); the loop does not. Jobs whose processed
 size is known up front (image headers) are bucketed before loading, so every batch is full; jobs whose
@@ -109,15 +109,16 @@ def run(
         loaded_stream = _loaded(readers, timed_load, jobs, ahead=batch_size + workers)
         for batch in _batches(loaded_stream, batch_size, report, advance):
             predictions = _predict_or_split(pipe, batch, report, describe)
-            for loaded, pred in zip(batch, predictions):
-                if pred is not None:
-                    with clock.stage("postprocess"):
-                        array = pipe.postprocess(pred, loaded.size)
-                    if writers is None:
-                        _account(loaded, _call_sink(timed_sink, loaded, array, describe), report)
-                    else:
-                        pending.append((loaded, writers.submit(_call_sink, timed_sink, loaded, array, describe)))
-                        pending = _collect(pending, report, keep=2 * sink_workers)
+            live = [(loaded, pred) for loaded, pred in zip(batch, predictions) if pred is not None]
+            with clock.stage("postprocess"):
+                arrays = _postprocess(pipe, live)
+            for (loaded, _), array in zip(live, arrays):
+                if writers is None:
+                    _account(loaded, _call_sink(timed_sink, loaded, array, describe), report)
+                else:
+                    pending.append((loaded, writers.submit(_call_sink, timed_sink, loaded, array, describe)))
+                    pending = _collect(pending, report, keep=2 * sink_workers)
+            for _ in batch:
                 advance()
             if after_batch is not None:
                 after_batch()
@@ -207,6 +208,16 @@ def _predict_or_split(pipe, batch: list[Loaded], report: RunReport, describe) ->
         reason = str(exc).splitlines()[0][:200]
         report.failed.extend((loaded.job, f"{describe(loaded.job)}: the model failed ({reason}).") for loaded in batch)
     return [None] * len(batch)
+
+
+def _postprocess(pipe, live: list[tuple[Loaded, torch.Tensor]]) -> list:
+    """Post-processed arrays for a batch's predictions: in one go where the pipe can (one device-to-host
+    copy per batch), else one by one."""
+    if not live:
+        return []
+    if hasattr(pipe, "postprocess_batch"):
+        return pipe.postprocess_batch(torch.stack([pred for _, pred in live]), [loaded.size for loaded, _ in live])
+    return [pipe.postprocess(pred, loaded.size) for loaded, pred in live]
 
 
 def _call_sink(sink, loaded: Loaded, array, describe) -> str | None:
