@@ -14,8 +14,10 @@ from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, GenPerceptError, Termina
 from .bench import bench_speed
 from .checkpoints import checkpoints_command
 from .console import console, make_progress
+from .convert import convert_command
 from .eval import eval_command
 from .predict import predict_command
+from .train import train_command
 
 __all__ = ["app", "console", "main", "make_progress", "user_errors"]
 
@@ -74,6 +76,8 @@ app.command("predict")(user_errors(predict_command))
 app.command("checkpoints")(user_errors(checkpoints_command))
 app.command("bench-speed")(user_errors(bench_speed))
 app.command("eval")(user_errors(eval_command))
+app.command("convert")(user_errors(convert_command))
+app.command("train")(user_errors(train_command))
 
 
 def _raise_terminated(signum, frame):
@@ -85,6 +89,9 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _raise_terminated)
+    from ..runtime.allocator import tune_heap
+
+    tune_heap()  # before the first large tensor: keep activations in the heap (GENPERCEPT_MALLOC=system: off)
     try:
         app()
         code = 0

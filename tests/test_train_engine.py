@@ -1,0 +1,143 @@
+"""The training engine on tiny models: overfitting, export to `predict`, resume, two processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_train import CLI_MAIN, tiny_config, tiny_settings, write_depth_folder
+from typer.testing import CliRunner
+
+from genpercept_cli.cli import app
+from genpercept_cli.cli.train import eval_validator
+from genpercept_cli.train.config import ConfigError
+from genpercept_cli.train.engine import LOSS_FILE, Trainer, train
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny convolutions run faster on one thread than two threads fighting other processes for the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_depth_folder(tmp_path / "data")
+
+
+def losses(run: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (run / LOSS_FILE).read_text().splitlines()]
+    return {e["step"]: e["loss"] for e in lines if "loss" in e}
+
+
+def test_tiny_model_overfits_four_samples(tmp_path, data):
+    # The latent term alone (fixed t): the loss must fall at least 10x within 12 steps.
+    cfg = tiny_config(tmp_path, data, "steps=12", "optim.lr=3e-3", "model.timestep=1", "loss.pixel_mse=0",
+                      "loss.ssi=0", "loss.gradient=0", "optim.batch_size=4")
+    records = Trainer(cfg).fit()
+    curve = [r.loss for r in records]
+    assert len(curve) == 12 and curve[-1] < curve[0] / 10, curve
+
+
+def test_checkpoint_loads_in_predict_without_task_and_gives_the_trained_outputs(tmp_path, data):
+    from genpercept_cli.pipeline import GenPerceptPipeline
+
+    trainer = train(tiny_config(tmp_path, data, "steps=1"))
+    ckpt = trainer.run / "checkpoint-1"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["training_state.pt", "unet_depth", "vae"]
+    assert json.loads((ckpt / "unet_depth" / "genpercept.json").read_text())["task"] == "depth"
+    pipe = GenPerceptPipeline.from_checkpoint(str(ckpt), device="cpu", dtype="fp32")
+    assert pipe.spec.task == "depth" and pipe.model.params.timestep == 1
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    trained = trainer.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(pipe.model(x), trained(x), atol=1e-6, rtol=0)
+        assert not torch.equal(trained.unet.conv_out.weight, torch.zeros_like(trained.unet.conv_out.weight))
+    out = CliRunner().invoke(app, ["predict", str(data / "rgb"), "-c", str(ckpt), "-o", str(tmp_path / "pred"),
+                                   "--device", "cpu", "--processing-res", "16", "--formats", "npy"])
+    assert out.exit_code == 0, out.output
+    pred = np.load(tmp_path / "pred" / "s00_pred.npy")
+    image = torch.from_numpy(np.array(Image.open(data / "rgb" / "s00.png"))).float()
+    with torch.no_grad():
+        expected = trained(image.permute(2, 0, 1)[None] / 127.5 - 1)[0, 0].numpy()
+    assert np.allclose(pred, expected, atol=1e-6)
+
+
+def test_resume_continues_the_uninterrupted_loss_curve(tmp_path, data):
+    whole = train(tiny_config(tmp_path, data, "steps=4", run="whole"))
+    first = train(tiny_config(tmp_path, data, "steps=2", run="parts"))
+    assert (first.run / "checkpoint-2").is_dir()
+    second = train(tiny_config(tmp_path, data, "steps=4", run="parts"))
+    assert second.resumed_from == first.run / "checkpoint-2"
+    assert not (first.run / "checkpoint-2" / "training_state.pt").exists()  # keep_states = 1: only the newest
+    assert (first.run / "checkpoint-2" / "unet_depth" / "diffusion_pytorch_model.safetensors").is_file()
+    a, b = losses(whole.run), losses(second.run)
+    assert sorted(b) == [1, 2, 3, 4]
+    assert all(abs(a[s] - b[s]) < 1e-6 for s in (1, 2, 3, 4)), (a, b)
+    assert torch.equal(whole.model.unet.conv_out.weight, second.model.unet.conv_out.weight)
+
+
+def test_cli_refuses_bad_settings_before_loading_anything(tmp_path, data):
+    out = CliRunner().invoke(app, ["train", "--set", "optim.lr=0", "--set", 'model.unet="u"'])
+    assert out.exit_code == 2 and "model.unet and model.vae" in out.output
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("\n".join(tiny_settings(tmp_path, data, "optim.effective_batch=3")))
+    out = CliRunner().invoke(app, ["train", "--config", str(cfg)])
+    assert out.exit_code == 2 and "must be a multiple of processes x optim.batch_size" in out.output
+    if not torch.cuda.is_available():
+        out = CliRunner().invoke(app, ["train", "--config", str(cfg), "--set", "optim.effective_batch=4",
+                                       "--set", 'mixed_precision="fp16"'])
+        assert out.exit_code == 2 and "needs a CUDA GPU" in out.output
+
+
+def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_path, data):
+    # Global batch 4: one process runs 2 micro-batches of 2, two processes one micro-batch of 2 each.
+    settings = tiny_settings(tmp_path, data, "steps=2", run="two")
+    config = tmp_path / "train.toml"
+    config.write_text("\n".join(settings))
+    path = os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "GENPERCEPT_DIST_TIMEOUT": "60"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--no-python", sys.executable, "-c", CLI_MAIN, "train", "--config", str(config)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    single = CliRunner().invoke(app, ["train", "--config", str(config), "--output", str(tmp_path / "one")])
+    out, _ = proc.communicate(timeout=240)
+    assert single.exit_code == 0, single.output
+    assert proc.returncode == 0, out
+    assert "2 processes x 1 x 2" in out and "1 processes x 2 x 2" in single.output
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2]
+    assert all(abs(one[s] - two[s]) < 1e-5 for s in (1, 2)), (one, two)  # step 2: after an averaged update
+
+
+def test_validation_scores_each_saved_checkpoint_as_eval_does(tmp_path, data):
+    with pytest.raises(ConfigError, match="validation.dataset must be one of"):
+        eval_validator(tiny_config(tmp_path, data, 'validation.dataset="nyu2"'))
+    from _archives import write_tar
+    from test_datasets import NYU_TAR, nyu_files
+
+    from benchmarks.evaluate import EvalOptions, evaluate
+
+    files, _ = nyu_files(np.random.default_rng(0))
+    write_tar(tmp_path / "eval" / NYU_TAR, files)
+    eval_dir = tmp_path / "eval"
+    cfg = tiny_config(tmp_path, data, "steps=1", 'validation.dataset="nyu"', f'validation.data_dir="{eval_dir}"',
+                      "validation.limit=1")
+    trainer = train(cfg, validator=eval_validator(cfg))
+    logged = [json.loads(line) for line in (trainer.run / LOSS_FILE).read_text().splitlines()]
+    scores = next(e for e in logged if "val/absrel" in e)
+    checkpoint = str(trainer.run / "checkpoint-1")
+    options = EvalOptions(dataset="nyu", data_dir=eval_dir, checkpoint=checkpoint, limit=1, device="cpu")
+    expected = evaluate(options).metrics
+    assert scores["step"] == 1
+    assert scores["val/absrel"] == pytest.approx(expected["absrel"], rel=1e-6)
