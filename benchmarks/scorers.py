@@ -214,40 +214,6 @@ class MattingScorer(Scorer):
         return self.acc.compute()
 
 
-class SemsegScorer(Scorer):
-    """Class ids of a label set into a dataset-wide confusion matrix (mmseg's mIoU, aAcc, mAcc)."""
-
-    task = "semseg"
-
-    def __init__(self, ds: EvalDataset, convention: str):
-        from genpercept_cli.palette import get_label_set
-
-        from .metrics.seg import SegAccumulator
-
-        label_set = get_label_set(ds.labels)
-        super().__init__(convention=convention, labels=label_set.name)
-        self.acc = SegAccumulator(label_set.num_classes, convention=convention, unlabeled_id=None,
-                                  class_names=label_set.classes)
-
-    def _score(self, index: int, sample: Sample, prediction: np.ndarray) -> dict[str, float]:
-        from .metrics.seg import iou_per_class
-
-        matrix = self.acc.update(np.rint(prediction).astype(np.int64), sample.gt)
-        labelled = matrix.sum()
-        iou = iou_per_class(matrix, self.acc.convention, None)
-        return {"miou": 100.0 * float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
-                "pixel_acc": 100.0 * float(np.trace(matrix)) / labelled if labelled else float("nan")}
-
-    def _task_state(self) -> dict[str, Any]:
-        return {"accumulator": self.acc.state()}
-
-    def _merge_task_states(self, states: list[dict[str, Any]]) -> None:
-        self.acc.merge([s["accumulator"] for s in states])
-
-    def compute(self) -> dict:
-        return self.acc.compute()
-
-
 class SegScorer(Scorer):
     """NYU40 ids (decoded from colours by nearest palette entry) into a dataset-wide confusion matrix."""
 
@@ -259,13 +225,17 @@ class SegScorer(Scorer):
         super().__init__(convention=convention, metric=metric)
         self.acc = SegAccumulator(convention=convention)
 
-    def _score(self, index: int, sample: Sample, prediction: np.ndarray) -> dict[str, float]:
-        from .metrics.seg import decode_seg_prediction, iou_per_class
+    def _ids(self, prediction: np.ndarray) -> np.ndarray:
+        from .metrics.seg import decode_seg_prediction
 
-        ids = prediction if prediction.ndim == 2 else decode_seg_prediction(prediction, self.settings["metric"])
-        matrix = self.acc.update(ids, sample.gt)
+        return prediction if prediction.ndim == 2 else decode_seg_prediction(prediction, self.settings["metric"])
+
+    def _score(self, index: int, sample: Sample, prediction: np.ndarray) -> dict[str, float]:
+        from .metrics.seg import iou_per_class
+
+        matrix = self.acc.update(self._ids(prediction), sample.gt)
         labelled = matrix.sum()
-        iou = iou_per_class(matrix, self.acc.convention)[1:]
+        iou = iou_per_class(matrix, self.acc.convention, self.acc.unlabeled_id)  # NaN at unlabeled: not averaged
         return {"miou": 100.0 * float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
                 "pixel_acc": 100.0 * float(np.trace(matrix)) / labelled if labelled else float("nan")}
 
@@ -278,6 +248,24 @@ class SegScorer(Scorer):
     def compute(self) -> dict:
         return self.acc.compute()
 
+
+class SemsegScorer(SegScorer):
+    """Class ids of a label set into a dataset-wide confusion matrix (mmseg's mIoU, aAcc, mAcc)."""
+
+    task = "semseg"
+
+    def __init__(self, ds: EvalDataset, convention: str):
+        from genpercept_cli.palette import get_label_set
+
+        from .metrics.seg import SegAccumulator
+
+        label_set = get_label_set(ds.labels)
+        Scorer.__init__(self, convention=convention, labels=label_set.name)
+        self.acc = SegAccumulator(label_set.num_classes, convention=convention, unlabeled_id=None,
+                                  class_names=label_set.classes)
+
+    def _ids(self, prediction: np.ndarray) -> np.ndarray:
+        return np.rint(prediction).astype(np.int64)
 
 def make_scorer(ds: EvalDataset, opts, space: str) -> Scorer:
     """The scorer of `ds.task` with the options of `opts` (an `evaluate.EvalOptions`); `space` is the

@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .loading import load_strict, read_config, read_weights
-from .resize import resize_float
+from .resize import resize_bilinear, resize_float
 
 WEIGHTS_FILE = "model.safetensors"
 SD21_UP_BLOCK_CHANNELS = (320, 640, 1280, 1280)
@@ -65,7 +65,7 @@ class FusionBlock(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         if skip is not None:
             if skip.shape[-2:] != x.shape[-2:]:  # only for sizes that are not multiples of 64
-                skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                skip = resize_bilinear(skip, x.shape[-2:])
             x = x + self.residual_layer1(skip)
         x = self.residual_layer2(x)
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)

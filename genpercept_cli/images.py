@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import GenPerceptError
+from .errors import DataError, GenPerceptError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -160,3 +160,20 @@ def read_rgb(path: str | Path) -> np.ndarray:
             return to_rgb_array(img)
         with img.transpose(_EXIF_TRANSPOSE[orientation]) as upright:  # the orientation read_size saw
             return to_rgb_array(upright)
+
+
+def read_exr_channels(source: str | Path | bytes, name: str | Path | None = None) -> dict[str, np.ndarray]:
+    """An OpenEXR file (a path, or its bytes) -> {channel name: float32 [H, W]} of its first part (half or
+    float channels), read with the format's official bindings (`openexr`: OpenCV 5 wheels have no EXR).
+    Raises DataError naming `name` (default: the path) when it is not a readable EXR file."""
+    import io
+
+    import OpenEXR
+
+    name = name if name is not None else source
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+        with OpenEXR.File(handle, separate_channels=True) as exr:
+            return {key: np.array(ch.pixels, dtype=np.float32) for key, ch in exr.channels().items()}
+    except (RuntimeError, ValueError, OSError):
+        raise DataError(f"{name} is not a readable OpenEXR file.") from None

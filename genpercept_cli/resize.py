@@ -54,6 +54,14 @@ def resize_float(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+def resize_bilinear(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize [B, C, h, w] -> [B, C, *size] without antialias (align_corners=False): how reference
+    code resizes feature maps, skips and the Meta Prompts windows; images go through `resize_float`."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 def resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> uint8 [B, 3, h, w] as torchvision v1 does for tensors: float, resize, round.
 

@@ -15,13 +15,13 @@ invalid pixels set to 0.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.metrics.normal import dsine_to_genpercept
 from genpercept_cli.errors import DataError
+from genpercept_cli.images import read_exr_channels
 
 from .base import Archive, EvalDataset, Sample, check_limit, decode_npy, decode_rgb, open_archive, read_split
 
@@ -54,20 +54,14 @@ def decode_normal_map(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _decode_exr_rgb(data: bytes, name: str) -> np.ndarray:
     """EXR bytes -> float32 [H, W, 3] from the first part's R, G, B channels (half or float)."""
-    import OpenEXR
-
-    try:
-        with OpenEXR.File(io.BytesIO(data), separate_channels=True) as exr:
-            channels = {key: np.array(channel.pixels) for key, channel in exr.channels().items()}
-    except (RuntimeError, ValueError, OSError):
-        raise DataError(f"{name} is not a readable OpenEXR file.") from None
+    channels = read_exr_channels(data, name)
     missing = [c for c in "RGB" if c not in channels]
     if missing:
         raise DataError(f"{name} has no {', '.join(missing)} channel (it holds {', '.join(sorted(channels))}).")
     shapes = {channels[c].shape for c in "RGB"}
     if len(shapes) != 1 or len(shapes.pop()) != 2:
         raise DataError(f"{name} has R, G, B channels of different or non-2-D shapes.")
-    return np.stack([channels[c] for c in "RGB"], axis=-1).astype(np.float32)
+    return np.stack([channels[c] for c in "RGB"], axis=-1)
 
 
 class DSINENormalDataset(EvalDataset):

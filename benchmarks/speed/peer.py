@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from genpercept_cli.errors import GenPerceptError
 
+from .protocols import PipeStandIn
+
 
 def peer_problem() -> str | None:
     """Why the peer cannot run here (one sentence), or None when it can; imports nothing heavy."""
@@ -42,14 +44,15 @@ def one_step_scheduler():
                          set_alpha_to_one=False, steps_offset=0, timestep_spacing="trailing")
 
 
-class DiffusersMarigoldPeer:
-    """Looks like a GenPerceptPipeline to the runners; `predict_batch` calls MarigoldDepthPipeline."""
+class DiffusersMarigoldPeer(PipeStandIn):
+    """`predict_batch` calls MarigoldDepthPipeline (a `PipeStandIn`)."""
 
     def __init__(self, pipe, unet, seed: int = 0):
         import diffusers
 
         cls = marigold_pipeline_class()
-        self.pipe, self.task, self.spec, self.seed = pipe, pipe.task, pipe.spec, seed
+        super().__init__(pipe)
+        self.seed = seed
         self.version = diffusers.__version__
         self.peer = cls(unet=unet, vae=pipe.model.vae, scheduler=one_step_scheduler(), text_encoder=None,
                         tokenizer=None, prediction_type="depth", default_denoising_steps=1,
@@ -59,16 +62,7 @@ class DiffusersMarigoldPeer:
 
     @property
     def recoveries(self) -> int:
-        return 0
-
-    def postprocess(self, pred, size):
-        return self.pipe.postprocess(pred, size)
-
-    def postprocess_batch(self, preds, sizes):
-        return self.pipe.postprocess_batch(preds, sizes)
-
-    def processed_size(self, height: int, width: int, processing_res: int):
-        return self.pipe.processed_size(height, width, processing_res)
+        return 0  # diffusers' pipeline has no fp32 retry
 
     def predict_batch(self, rgb):
         """uint8 [B, 3, h, w] (already at processing size) -> float32 [B, 1, h, w] in [0, 1]."""

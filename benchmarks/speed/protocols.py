@@ -141,20 +141,12 @@ def ensemble_median(members, iterations: int = 3):
     return out.view(m.shape[1:])
 
 
-class MarigoldBaseline:
-    """Looks like a GenPerceptPipeline to the runners; `predict_batch` runs the multi-step protocol.
+class PipeStandIn:
+    """Looks like a GenPerceptPipeline to the runners: sizes and post-processing are `pipe`'s; subclasses
+    run the network their own way in `predict_batch`."""
 
-    Per image and ensemble member (members batched `member_batch` at a time): VAE encode of the image
-    (per member, as the reference Marigold does), Gaussian noise, S DDIM steps of the 8-channel U-Net
-    on [image latent, noisy latent] with the same empty-prompt embedding, VAE decode, task head;
-    then `ensemble_median`.
-    """
-
-    def __init__(self, pipe, unet, steps: int, ensemble: int, member_batch: int, clock, seed: int = 0):
-        self.pipe, self.unet, self.task, self.spec = pipe, unet, pipe.task, pipe.spec
-        self.ensemble, self.member_batch, self.clock = ensemble, max(1, member_batch), clock
-        self.schedule = ddim_schedule(steps)
-        self.seed = seed
+    def __init__(self, pipe):
+        self.pipe, self.task, self.spec = pipe, pipe.task, pipe.spec
 
     @property
     def recoveries(self) -> int:
@@ -168,6 +160,23 @@ class MarigoldBaseline:
 
     def processed_size(self, height: int, width: int, processing_res: int):
         return self.pipe.processed_size(height, width, processing_res)
+
+
+class MarigoldBaseline(PipeStandIn):
+    """`predict_batch` runs the multi-step protocol (a `PipeStandIn`).
+
+    Per image and ensemble member (members batched `member_batch` at a time): VAE encode of the image
+    (per member, as the reference Marigold does), Gaussian noise, S DDIM steps of the 8-channel U-Net
+    on [image latent, noisy latent] with the same empty-prompt embedding, VAE decode, task head;
+    then `ensemble_median`.
+    """
+
+    def __init__(self, pipe, unet, steps: int, ensemble: int, member_batch: int, clock, seed: int = 0):
+        super().__init__(pipe)
+        self.unet = unet
+        self.ensemble, self.member_batch, self.clock = ensemble, max(1, member_batch), clock
+        self.schedule = ddim_schedule(steps)
+        self.seed = seed
 
     def predict_batch(self, rgb):
         """uint8 [B, 3, h, w] -> float32 [B, C, h, w] in [0, 1]."""

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from ..images import IMAGE_SUFFIXES, read_rgb
+from ..images import IMAGE_SUFFIXES, read_exr_channels, read_rgb
 from ..resize import model_input
 from . import targets
 
@@ -260,13 +260,7 @@ def read_label(path: Path) -> np.ndarray:
 
 def _read_exr(path: Path) -> np.ndarray:
     """EXR -> float32 [H, W] (one channel: Y, Z, R or the only one) or [H, W, 3] (R, G, B)."""
-    import OpenEXR
-
-    try:
-        with OpenEXR.File(str(path), separate_channels=True) as exr:
-            channels = {key: np.array(ch.pixels, dtype=np.float32) for key, ch in exr.channels().items()}
-    except (RuntimeError, ValueError, OSError):
-        raise DataError(f"{path} is not a readable OpenEXR file.") from None
+    channels = read_exr_channels(path)
     if all(c in channels for c in "RGB") and not path.parent.name == "depth":
         return np.stack([channels[c] for c in "RGB"], axis=-1)
     for name in ("Y", "Z", "R", *channels):

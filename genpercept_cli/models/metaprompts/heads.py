@@ -30,15 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...resize import resize_bilinear
+
 SD15_LEVEL_CHANNELS = (320, 640, 1280, 1280)
 PROMPT_DIM = 768  # width of SD1.5's cross-attention context, hence of the meta prompts
-
-
-def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize [B, C, h, w] -> [B, C, *size] without antialias, the reference's every resize."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def conv_gn_relu(in_channels: int, out_channels: int, groups: int) -> nn.Sequential:

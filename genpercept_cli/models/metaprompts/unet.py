@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...resize import resize_bilinear
+
 SD15_UNET_CHANNELS = (320, 640, 1280, 1280)
 SD15_VAE_CHANNELS = (128, 256, 512, 512)
 SD15_CONTEXT_DIM = 768
@@ -101,7 +103,7 @@ def unet_features(unet: nn.Module, latent: torch.Tensor, emb: torch.Tensor, cont
         for i, resnet in enumerate(block.resnets):
             skip = skips.pop()
             if skip.shape[-2:] != h.shape[-2:]:
-                skip = F.interpolate(skip, size=h.shape[-2:], mode="bilinear", align_corners=False)
+                skip = resize_bilinear(skip, h.shape[-2:])
             h = resnet(torch.cat([h, skip], dim=1), emb)
             if getattr(block, "attentions", None) is not None:
                 h = block.attentions[i](h, encoder_hidden_states=context, return_dict=False)[0]
