@@ -285,7 +285,7 @@ def _score_model(ds: EvalDataset, indices: list[int], opts: EvalOptions, pipe, r
         problem = f"prediction {problem}" if problem else _score(scorer, loaded.job.index, sample, pred, ds.task)
         return None if problem is None else f"{sample.key}: {problem}"
 
-    batch_size = opts.batch_size or auto_batch_size(pipe.device, res)
+    batch_size = opts.batch_size or auto_batch_size(pipe, res)
     report = run(pipe, [Job(i) for i in indices], load, score, batch_size=batch_size, workers=1,
                  sink_workers=1, describe=lambda job: f"{keys[job.index]}: prediction failed", progress=progress,
                  task_id=task_id)

@@ -262,16 +262,13 @@ def _with_stems(paths: list[Path], base: Path, scan: SourceScan) -> SourceScan:
     return scan
 
 
-def auto_batch_size(device, processing_res: int) -> int:
-    """1 on CPU (no gain from batching there); on CUDA, what fits in ~70% of free memory."""
-    if getattr(device, "type", str(device)) != "cuda":
-        return 1
-    import torch
+def auto_batch_size(pipe, processing_res: int) -> int:
+    """The automatic batch size for images processed at `processing_res` (0: native, sized as 768): 1 on
+    the CPU; on CUDA what the measured per-image memory model fits (`runtime.memory`)."""
+    from .runtime.memory import auto_batch_size as fit
 
-    free, _total = torch.cuda.mem_get_info(device)
     side = processing_res or 768
-    per_image = 1.6e9 * (side * side) / (768 * 768)  # measured order of magnitude for fp16 at 768²
-    return int(max(1, min(32, 0.7 * free // per_image)))
+    return fit(pipe, (side, side))
 
 
 def run_predict(
@@ -309,7 +306,7 @@ def run_predict(
 
     dist = dist or Dist()
     opts = (options or PredictOptions()).validate(pipe.spec)
-    batch_size = opts.batch_size or auto_batch_size(pipe.device, opts.processing_res)
+    batch_size = opts.batch_size or auto_batch_size(pipe, opts.processing_res)
     report = PredictReport()
     jobs = _plan_jobs(pipe, images, output, opts, report, dist, batch_size)
     if dist.active and progress is None:

@@ -51,7 +51,7 @@ def predict_command(
     with console.status(f"loading checkpoint {spec.name} ({spec.task})"):
         pipe = GenPerceptPipeline.from_checkpoint(spec, device=rank_device(device, dist), dtype=dtype, compile=compile)
     res = options.processing_res
-    options = replace(options, batch_size=options.batch_size or auto_batch_size(pipe.device, res))
+    options = replace(options, batch_size=options.batch_size or auto_batch_size(pipe, res))
     console.print(
         f"{len(images)} images -> {output}  [dim]task={spec.task} res={res or 'native'} batch={options.batch_size} "
         f"device={pipe.device} dtype={str(pipe.dtype).removeprefix('torch.')}"
