@@ -27,17 +27,30 @@ from genpercept_cli.models.metaprompts.convert import (
 )
 from genpercept_cli.models.metaprompts.unet import build_unet, unet_config, unet_features, unet_out
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "metaprompts"
+# The releases' layouts: committed copies (key, shape, dtype) of ../shared/reference/metaprompts/*_keys.tsv,
+# so CI checks them on a clean clone; `test_committed_layouts_equal_the_shared_reference` keeps them in step.
+LAYOUTS = Path(__file__).resolve().parent / "data" / "metaprompts_layout"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "metaprompts"
 TSV = {"nyu": "depth_nyu", "kitti": "depth_kitti", "ade20k": "seg_ade20k", "cityscapes": "seg_cityscapes",
        "cityscapes-mapillary": "seg_cityscapes_extra"}
 
 
+def _rows(path: Path) -> list[list[str]]:
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    return [line.split("\t")[:3] for line in lines[1:]]
+
+
 def _reference_keys(kind: str) -> dict[str, tuple[int, ...]]:
-    path = REFERENCE / f"metaprompts_{TSV[kind]}_keys.tsv"
-    if not path.is_file():
-        pytest.skip(f"reference layout {path} is not on this machine")
-    rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines()[1:]]
+    rows = _rows(LAYOUTS / f"metaprompts_{TSV[kind]}_keys.tsv")
     return {r[0]: () if r[1] == "scalar" else tuple(int(d) for d in r[1].split("x")) for r in rows}
+
+
+@pytest.mark.parametrize("kind", list(TSV))
+def test_committed_layouts_equal_the_shared_reference(kind):
+    shared = SHARED / f"metaprompts_{TSV[kind]}_keys.tsv"
+    if not shared.is_file():
+        pytest.skip(f"{shared} is not on this machine (the committed copy is what the layout tests check)")
+    assert _rows(LAYOUTS / shared.name) == _rows(shared)
 
 
 @pytest.mark.parametrize("kind", list(TSV))
