@@ -220,3 +220,25 @@ def test_check_writable_creates_nothing_and_names_the_reason(tmp_path, monkeypat
     with pytest.raises(GenPerceptError) as err:
         check_writable(target, "-o")
     assert str(err.value) == f"-o {target} cannot be written (Permission denied: {tmp_path})."
+
+
+def test_checkpoints_lists_every_entry_with_family_resolution_status_and_where_to_get_it(tmp_path, monkeypatch):
+    from genpercept_cli.checkpoints import load_registry
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing is cached
+    monkeypatch.setenv("GENPERCEPT_HOME", str(tmp_path / "home"))
+    result = runner.invoke(app, ["checkpoints"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:] if line and not line.startswith(" ")
+            and not line.startswith("Download")}
+    registry = load_registry()
+    assert set(rows) == set(registry)
+    assert rows["depth"] == ["genpercept", "depth", "768", "not", "cached"]
+    assert rows["lotus-d-normal"][:3] == ["lotus-d", "normal", "768"]
+    assert rows["metaprompts-ade20k"] == ["metaprompts", "semseg", "native", "not", "downloaded"]
+    nyu = registry["metaprompts-nyu"]
+    assert f"  {nyu.file}  {nyu.url}" in lines
+    assert f"Download these by hand into {tmp_path / 'home'}" in result.output
+    assert "prs-eth/marigold-depth-v1-1 · licence: openrail++" in result.output
