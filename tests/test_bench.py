@@ -241,8 +241,22 @@ def marigold_importable(monkeypatch):
         monkeypatch.setitem(sys.modules, "transformers", stand_in)
 
 
+PEER_MISSING = "the diffusers protocol needs diffusers >= 0.28"
+
+
+def _diffusers_has_marigold() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("diffusers.pipelines.marigold") is not None
+
+
 def test_peer_runs_the_unet_once_at_t999_on_our_modules(tiny_pipe, marigold_importable):
     from benchmarks.speed.peer import DiffusersMarigoldPeer
+
+    if not _diffusers_has_marigold():  # diffusers 0.27 (our lower bound): one sentence, not a traceback
+        with pytest.raises(GenPerceptError, match=PEER_MISSING):
+            DiffusersMarigoldPeer(tiny_pipe, tiny_pipe.model.unet)
+        return
 
     calls = []
     with marigold_unet(tiny_pipe.model.unet) as unet:
@@ -262,6 +276,11 @@ def test_peer_runs_the_unet_once_at_t999_on_our_modules(tiny_pipe, marigold_impo
 
 
 def test_bench_speed_measures_the_peer_beside_us(tmp_path, marigold_importable):
+    if not _diffusers_has_marigold():
+        result = CliRunner().invoke(app, ["bench-speed", "--random-weights", "--model-size", "tiny", "--resolution",
+                                          "64", "--protocol", "diffusers", "--repeats", "1"])
+        assert result.exit_code == 2 and PEER_MISSING in result.output
+        return
     report = _bench(tmp_path, "--protocol", "genpercept", "--protocol", "diffusers", "--repeats", "1",
                     "--batch-size", "0")
     one_step, peer = report["runs"]

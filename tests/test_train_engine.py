@@ -100,9 +100,18 @@ def test_cli_refuses_bad_settings_before_loading_anything(tmp_path, data):
         assert out.exit_code == 2 and "needs a CUDA GPU" in out.output
 
 
-def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_path, data):
+TWO_PROCESS_MODELS = {
+    "unet": (),
+    # The U-Net features + DPT head as one DDP-wrapped module (its hooks on the plain U-Net inside).
+    "dpt_head": ("data.size=[32, 32]", "model.dpt_head=true", "loss.latent_mse=0", "model.dpt_features=8"),
+    "lora": ("model.lora_rank=2",),
+}
+
+
+@pytest.mark.parametrize("model", list(TWO_PROCESS_MODELS))
+def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_path, data, model):
     # Global batch 4: one process runs 2 micro-batches of 2, two processes one micro-batch of 2 each.
-    settings = tiny_settings(tmp_path, data, "steps=2", run="two")
+    settings = tiny_settings(tmp_path, data, "steps=2", *TWO_PROCESS_MODELS[model], run="two")
     config = tmp_path / "train.toml"
     config.write_text("\n".join(settings))
     path = os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])

@@ -20,6 +20,8 @@ TRAIN_TASKS = ("depth", "disparity", "normal", "dis", "matting", "seg")
 SOURCE_KINDS = ("folder", "vkitti", "hypersim")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb")
+DPT_TASKS = ("depth", "disparity")  # the DPT head predicts one channel (the release: disparity)
+DPT_MULTIPLE = 32  # image sides for which the DPT head's native output has the image's size
 NUM_TRAIN_TIMESTEPS = 1000  # SD's training schedule length: random t is drawn from [0, 1000)
 
 
@@ -35,6 +37,10 @@ class ModelConfig:
     timestep: int | str = "random"  # "random": t ~ U[0, 1000) per sample (the released models); or a fixed t
     embedding: str = "v2"  # empty prompt: v2 (2 tokens, the v2 models) or v1 (77 tokens)
     gradient_checkpointing: bool = False
+    dpt_head: bool = False  # true: U-Net features -> a fresh DPT head, trained in pixel space (depth, disparity)
+    dpt_features: int = 256  # the DPT head's fusion width (the release: 256)
+    lora_rank: int = 0  # > 0: train rank-r adapters on the attention projections, base U-Net frozen (train.lora)
+    lora_alpha: float = 0.0  # adapter scale = alpha / rank; 0 = rank (scale 1, as GenPercept's LoRA ablation)
 
 
 @dataclass
@@ -118,6 +124,7 @@ def _problems(cfg: TrainConfig):
         yield f"model.timestep must be \"random\" or an integer in [0, {NUM_TRAIN_TIMESTEPS}), not {m.timestep!r}."
     if m.embedding not in ("v1", "v2"):
         yield f"model.embedding must be v1 or v2, not {m.embedding!r}."
+    yield from _model_problems(cfg)
     if not d.sources:
         yield "data.sources is empty: add at least one [[data.sources]] table with kind and path."
     for i, source in enumerate(d.sources):
@@ -144,6 +151,25 @@ def _problems(cfg: TrainConfig):
     for name in cfg.trackers:
         if name not in TRACKERS:
             yield f"trackers may hold {', '.join(TRACKERS)}, not {name!r}."
+
+
+def _model_problems(cfg: TrainConfig):
+    """The DPT-head and LoRA settings' sentences."""
+    m, d = cfg.model, cfg.data
+    if m.lora_rank < 0 or m.lora_alpha < 0:
+        yield f"model.lora_rank and model.lora_alpha must be >= 0, not {m.lora_rank} and {m.lora_alpha}."
+    if not m.dpt_head:
+        return
+    if m.task not in DPT_TASKS:
+        yield f"model.dpt_head predicts one channel: model.task must be {' or '.join(DPT_TASKS)}, not {m.task!r}."
+    if cfg.loss.latent_mse > 0:
+        yield "model.dpt_head has no latent output to supervise: set loss.latent_mse = 0."
+    if m.dpt_features < 2 or m.dpt_features % 2:
+        yield f"model.dpt_features must be an even number >= 2, not {m.dpt_features}."
+    sizes = [("data.size", d.size)] + [(f"data.sources[{i}].size", s.size) for i, s in enumerate(d.sources) if s.size]
+    for name, size in sizes:
+        if any(isinstance(s, int) and s % DPT_MULTIPLE for s in size):
+            yield f"{name} must be multiples of {DPT_MULTIPLE} with model.dpt_head (the head's output size): {size}."
 
 
 def check_world(cfg: TrainConfig, world: int) -> int:

@@ -23,13 +23,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from ..dpt import DPTHead, prepare_dpt_unet, strip_unet_head_keys, unet_up_block_features
 from ..errors import GenPerceptError
 from ..loading import empty_text_embedding, load_unet, load_vae
 from ..models import sd
 from ..models.one_step import OneStepModel, OneStepParams
 from . import data as train_data
-from . import export
+from . import export, lora
 from .config import NUM_TRAIN_TIMESTEPS, ConfigError, TrainConfig, check_world
 from .losses import latent_mse, task_loss
 
@@ -47,29 +49,80 @@ class StepRecord:
     samples_per_s: float
 
 
-def build_model(cfg: TrainConfig, unet_dir: Path | None = None) -> OneStepModel:
-    """The one-step model to train: U-Net from `unet_dir` (default model.unet) trainable, VAE frozen."""
-    unet = load_unet(Path(unet_dir or cfg.model.unet))
-    vae = load_vae(Path(cfg.model.vae))
-    params = OneStepParams(timestep=export.inference_timestep(cfg), embedding=cfg.model.embedding)
-    model = OneStepModel(unet, vae, empty_text_embedding(cfg.model.embedding), cfg.model.task, params)
-    unet.requires_grad_(True).train()
-    if cfg.model.gradient_checkpointing:
+def build_model(cfg: TrainConfig, resumed: Path | None = None) -> OneStepModel:
+    """The one-step model to train, VAE frozen: the U-Net of model.unet (or of the checkpoint `resumed` from,
+    unless adapters are trained: the base stays model.unet's) trainable, or frozen with LoRA adapters on its
+    attention projections; with model.dpt_head, the U-Net without its output layers + a DPT head (fresh, or
+    the checkpoint's)."""
+    m = cfg.model
+    unet_dir = Path(m.unet) if resumed is None or m.lora_rank else resumed / export.unet_folder(cfg)
+    strip = {"key_filter": strip_unet_head_keys, "prepare": prepare_dpt_unet} if m.dpt_head else {}
+    unet = load_unet(unet_dir, **strip)
+    head = None
+    if m.dpt_head:
+        head = DPTHead.from_pretrained(resumed / export.DPT_FOLDER) if resumed else fresh_dpt_head(unet, cfg)
+        head.requires_grad_(True).train()
+    if m.lora_rank:
+        lora.add_lora(unet, m.lora_rank, m.lora_alpha, cfg.seed)  # the base frozen, adapters trainable
+    else:
+        unet.requires_grad_(True)
+    unet.train()
+    if m.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    return model
+    params = OneStepParams(timestep=export.inference_timestep(cfg), embedding=m.embedding)
+    return OneStepModel(unet, load_vae(Path(m.vae)), empty_text_embedding(m.embedding), m.task, params, dpt_head=head)
 
 
-def recipe_loss(model: OneStepModel, unet, batch: dict, weights) -> tuple[torch.Tensor, dict]:
+def fresh_dpt_head(unet, cfg: TrainConfig) -> DPTHead:
+    """A DPT head for `unet`'s up-block widths (its block_out_channels, finest first), PyTorch's default
+    initialisation drawn from seed cfg.seed (every process builds the same head)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return DPTHead(tuple(unet.config.block_out_channels), cfg.model.dpt_features)
+
+
+class DPTNet(nn.Module):
+    """U-Net features -> DPT head as one module: accelerate wraps it whole (one DDP syncs both), and the
+    up-block hooks of `unet_up_block_features` sit on the plain U-Net inside, not on the wrapper."""
+
+    def __init__(self, unet, head: DPTHead):
+        super().__init__()
+        self.unet, self.head = unet, head
+
+    def forward(self, latent: torch.Tensor, timesteps: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        """latent [B, 4, h, w], timesteps int64 [B], embed [B, T, 1024] -> raw head output [B, 1, 8h, 8w]
+        (sides of 8h, 8w multiples of 32; DPTHead.forward)."""
+        return self.head(unet_up_block_features(self.unet, latent, timesteps, embed))
+
+
+def trainable_part(model: OneStepModel) -> nn.Module:
+    """What the optimiser updates and accelerate wraps: the U-Net, or the U-Net + DPT head."""
+    return model.unet if model.dpt_head is None else DPTNet(model.unet, model.dpt_head)
+
+
+def recipe_loss(model: OneStepModel, net, batch: dict, weights) -> tuple[torch.Tensor, dict]:
     """Per-sample total loss [B] and its weighted terms {name: [B]} for one micro-batch.
 
     batch: rgb, target [B, 3, H, W] in [-1, 1], mask bool [B, 1, H, W], timesteps int64 [B];
-    `unet` is the (possibly DDP-wrapped) model.unet.
+    `net` is the (possibly DDP-wrapped) `trainable_part(model)`.
+
+    DPT head: its raw output is supervised in pixel space with the depth terms (pixel MSE + SSI +
+    gradient matching against the normalised target's channel 0), as GenPercept's DPT-head config trains
+    it (`mse_loss`, `least_square_ssi_loss`, `grad_loss`; no latent term). Inference min-maxes the output
+    per image, so only its shape counts there: SSI and gradient matching are what shape it, the pixel
+    MSE keeps its scale anchored to the [-1, 1] target so the optimisation stays well conditioned.
     """
     rgb, target, mask = batch["rgb"], batch["target"], batch["mask"]
+    embed = model.embedding.expand(rgb.shape[0], -1, -1)  # [B,T,1024]
+    if model.dpt_head is not None:
+        with torch.no_grad():
+            rgb_latent = model.encode(rgb)  # [B,4,h,w]
+        pred = net(rgb_latent, batch["timesteps"], embed).float()  # [B,1,H,W]
+        terms = task_loss(model.task, pred, target, mask, weights)
+        return sum(terms.values()), terms
     with torch.no_grad():
         rgb_latent, target_latent = model.encode(rgb), model.encode(target)  # [B,4,h,w] each
-    embed = model.embedding.expand(rgb.shape[0], -1, -1)  # [B,T,1024]
-    v = unet(rgb_latent, batch["timesteps"], encoder_hidden_states=embed, return_dict=False)[0]
+    v = net(rgb_latent, batch["timesteps"], encoder_hidden_states=embed, return_dict=False)[0]
     pred = sd.to_x0(v, rgb_latent, 0.0, "v")  # −v
     terms = {}
     if weights.latent_mse > 0:
@@ -136,14 +189,14 @@ class Trainer:
         self.plan = train_data.BatchPlan([len(s) for s in self.sources], [s.ratio for s in cfg.data.sources],
                                          cfg.seed, cfg.data.flip_p, fixed)
         self.resumed_from = export.latest_checkpoint(self.run) if self.run.is_dir() else None
-        unet_dir = self.resumed_from / f"unet_{cfg.model.task}" if self.resumed_from else None
-        self.model = build_model(cfg, unet_dir).to(self.acc.device)
-        self.optimizer = make_optimizer(cfg, self.model.unet.parameters())
+        self.model = build_model(cfg, self.resumed_from).to(self.acc.device)
+        trainable = trainable_part(self.model)
+        self.optimizer = make_optimizer(cfg, [p for p in trainable.parameters() if p.requires_grad])
         o = cfg.optim
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, functools.partial(lr_factor, warmup=o.warmup_steps, decay_steps=o.decay_steps,
                                               final_ratio=o.final_ratio))
-        self.unet, self.optimizer = self.acc.prepare(self.model.unet, self.optimizer)
+        self.net, self.optimizer = self.acc.prepare(trainable, self.optimizer)
         self.step = 0
         if self.resumed_from is not None:
             self._load_state(export.load_state(self.resumed_from))
@@ -151,20 +204,22 @@ class Trainer:
     # -- state --------------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "plan": self.plan.state_dict(), "config": asdict(self.cfg)}
+                "plan": self.plan.state_dict(), "config": asdict(self.cfg),
+                "adapters": lora.adapter_state(self.acc.unwrap_model(self.net))}
 
     def _load_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.plan.load_state_dict(state["plan"])
+        lora.load_adapter_state(self.acc.unwrap_model(self.net), state.get("adapters", {}))
         self.step = int(state["step"])
 
     def save(self) -> Path | None:
         """Write RUN/checkpoint-<step> (main process) and evaluate it when a validation set is configured."""
         path = None
         if self.acc.is_main_process:
-            unet = self.acc.unwrap_model(self.unet)
-            path = export.save_checkpoint(self.run, self.step, unet, self.cfg, Path(self.cfg.model.vae), self._state())
+            vae_dir = Path(self.cfg.model.vae)
+            path = export.save_checkpoint(self.run, self.step, self.model, self.cfg, vae_dir, self._state())
             export.prune_states(self.run, self.cfg.keep_states)
             self._validate(path)
         self.acc.wait_for_everyone()
@@ -190,13 +245,13 @@ class Trainer:
             loaded = train_data.load_batch(self.sources, chunk, cfg.model.task, self.pool)
             batch = {k: v.to(acc.device) for k, v in loaded.items()}
             last = i == self.micro_steps - 1
-            with contextlib.nullcontext() if last else acc.no_sync(self.unet), acc.autocast():
-                total, terms = recipe_loss(self.model, self.unet, batch, cfg.loss)
+            with contextlib.nullcontext() if last else acc.no_sync(self.net), acc.autocast():
+                total, terms = recipe_loss(self.model, self.net, batch, cfg.loss)
                 acc.backward(total.sum() / per_rank)
             for name, value in {"loss": total, **terms}.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float().sum()
         if cfg.optim.max_grad_norm > 0:
-            acc.clip_grad_norm_(self.unet.parameters(), cfg.optim.max_grad_norm)
+            acc.clip_grad_norm_(self.net.parameters(), cfg.optim.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()

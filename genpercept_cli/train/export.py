@@ -4,8 +4,14 @@
     RUN/checkpoint-N/vae/{config.json, diffusion_pytorch_model.safetensors}      (the frozen VAE, copied)
     RUN/checkpoint-N/training_state.pt                                           (optimiser, lr, data plan)
 
+With model.dpt_head the U-Net folder is `unet_<task>_dpt_head/` (no conv_norm_out / conv_out weights, as
+the release's `unet_disparity_dpt_head_v2/`) and the head sits beside it in `dpt_head_identity/`
+(model.safetensors + config.json with its widths). LoRA adapters are merged into the U-Net's weights
+(W + scale · B A), so the layout is the same with or without them; the adapters themselves go into
+training_state.pt for resuming.
+
 `genpercept predict --checkpoint RUN/checkpoint-N` loads it with no --task: genpercept.json states the
-task, the prompt embedding and the inference timestep.
+task, the prompt embedding, the inference timestep and whether a DPT head belongs to it.
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ import re
 import shutil
 from pathlib import Path
 
-import safetensors.torch  # noqa: F401  (diffusers 0.27's save_pretrained uses it without importing it)
+import safetensors.torch
 import torch
 
 from ..checkpoints import MODEL_FILES, SPEC_FILE
+from ..dpt import WEIGHTS_FILE as DPT_WEIGHTS_FILE
 from .config import TrainConfig
+from .lora import merged_state_dict
 
 STATE_FILE = "training_state.pt"
+DPT_FOLDER = "dpt_head_identity"  # the release's name (checkpoints._find_dpt_dir looks for dpt_head*)
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
@@ -30,21 +39,34 @@ def inference_timestep(cfg: TrainConfig) -> int:
     return 1 if cfg.model.timestep == "random" else int(cfg.model.timestep)
 
 
+def unet_folder(cfg: TrainConfig) -> str:
+    """The U-Net folder's name in a checkpoint: unet_<task>, or unet_<task>_dpt_head."""
+    return f"unet_{cfg.model.task}" + ("_dpt_head" if cfg.model.dpt_head else "")
+
+
 def checkpoint_spec(cfg: TrainConfig) -> dict:
     """genpercept.json: what the checkpoint is (checkpoints._read_spec_file reads it back)."""
-    return {"task": cfg.model.task, "family": "genpercept", "embedding": cfg.model.embedding,
+    spec = {"task": cfg.model.task, "family": "genpercept", "embedding": cfg.model.embedding,
             "family_params": {"timestep": inference_timestep(cfg)}}
+    return {**spec, "dpt_head": True} if cfg.model.dpt_head else spec
 
 
-def save_checkpoint(run: Path, step: int, unet, cfg: TrainConfig, vae_dir: Path, state: dict) -> Path:
-    """Write RUN/checkpoint-`step` (module docstring) through a temporary folder, so a crash mid-save never
-    leaves a checkpoint that resuming would pick up; returns its path."""
+def save_checkpoint(run: Path, step: int, model, cfg: TrainConfig, vae_dir: Path, state: dict) -> Path:
+    """Write RUN/checkpoint-`step` (module docstring) of `model` (a OneStepModel: its unet, and its
+    dpt_head when there is one) through a temporary folder, so a crash mid-save never leaves a checkpoint
+    that resuming would pick up; returns its path."""
     final = run / f"checkpoint-{step}"
     tmp = run / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    unet_dir = tmp / f"unet_{cfg.model.task}"
-    unet.save_pretrained(unet_dir, safe_serialization=True)
+    unet_dir = tmp / unet_folder(cfg)
+    save_weights(model.unet, unet_dir, "diffusion_pytorch_model.safetensors")
+    model.unet.save_config(unet_dir)
     (unet_dir / SPEC_FILE).write_text(json.dumps(checkpoint_spec(cfg), indent=2) + "\n")
+    if model.dpt_head is not None:
+        head = model.dpt_head
+        save_weights(head, tmp / DPT_FOLDER, DPT_WEIGHTS_FILE)
+        widths = {"neck_hidden_sizes": list(head.in_channels), "fusion_hidden_size": head.features}
+        (tmp / DPT_FOLDER / "config.json").write_text(json.dumps(widths) + "\n")
     (tmp / "vae").mkdir()
     for name in MODEL_FILES:
         shutil.copyfile(vae_dir / name, tmp / "vae" / name)
@@ -52,6 +74,13 @@ def save_checkpoint(run: Path, step: int, unet, cfg: TrainConfig, vae_dir: Path,
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
+
+
+def save_weights(module: torch.nn.Module, folder: Path, name: str) -> None:
+    """`module`'s weights, LoRA adapters merged (train.lora), as folder/`name` (safetensors, one file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in merged_state_dict(module).items()}
+    safetensors.torch.save_file(state, str(folder / name), metadata={"format": "pt"})
 
 
 def prune_states(run: Path, keep: int) -> None:
