@@ -225,6 +225,8 @@ def unet_up_block_features(
     For other sizes diffusers upsamples to the skip sizes (ceil halving on the way down), e.g. a
     10x14 latent gives 10x14, 10x14, 5x7, 3x4. Captured with forward hooks on `unet.up_blocks`, so it
     follows whatever the installed diffusers does; after `prepare_dpt_unet` the forward stops there.
+    `unet` must be the plain module (a DDP wrapper has no `up_blocks`): training wraps U-Net + head in one
+    module that calls this from its forward (train.engine.DPTNet), so DDP still syncs the gradients.
     """
     blocks = list(unet.up_blocks)
     captured: list[torch.Tensor | None] = [None] * len(blocks)

@@ -36,7 +36,7 @@ def train_command(
         f"training {cfg.model.task} -> {escape(str(trainer.run))}  [dim]steps={cfg.steps} batch={o.effective_batch} "
         f"({trainer.acc.num_processes} processes x {trainer.micro_steps} x {o.batch_size}) "
         f"samples={sum(len(s) for s in trainer.sources)} device={trainer.acc.device}"
-        f" precision={cfg.mixed_precision}{resumed}[/]", highlight=False,
+        f" precision={cfg.mixed_precision}{_variant(cfg)}{resumed}[/]", highlight=False,
     )
     if trainer.step >= cfg.steps:
         console.print(f"already at step {trainer.step} of {cfg.steps}; raise steps to train further.")
@@ -73,6 +73,12 @@ def eval_validator(cfg):
         return evaluate(options).metrics
 
     return validate
+
+
+def _variant(cfg) -> str:
+    """The model options in effect, for the start line ("" for the plain full fine-tune)."""
+    m = cfg.model
+    return (f" dpt_head(width {m.dpt_features})" if m.dpt_head else "") + (f" lora_rank={m.lora_rank}" if m.lora_rank else "")
 
 
 def _toml_string(text: str) -> str:

@@ -9,6 +9,8 @@ whatever the split (tests/test_train_engine.py checks 2 processes against 1).
 The recipe (`recipe_loss`, paper §3-4): frozen VAE, trainable U-Net, input the RGB latent, t random in
 [0, 1000) or fixed, the empty-prompt embedding; the U-Net's output v gives x0 = −v (ᾱ = 0: GenPercept's
 schedule has every beta 1); latent MSE against the label's latent plus image-level losses on the decoded x0.
+Options: model.dpt_head (U-Net features -> a DPT head trained in pixel space, `recipe_loss`) and
+model.lora_rank (adapters on the attention projections, base frozen, `train.lora`).
 """
 
 from __future__ import annotations
