@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_train import tiny_config, write_depth_folder
+from tiny_train import (
+    one_thread,  # noqa: F401  (autouse: one thread per test)
+    tiny_config,
+    write_depth_folder,
+)
 from typer.testing import CliRunner
 
 from genpercept_cli.cli import app
@@ -18,14 +22,6 @@ from genpercept_cli.train.losses import gradient_loss, pixel_mse, ssi_loss
 
 # The DPT head's output has the image's size for sides that are multiples of 32; a head 8 wide.
 DPT = ("data.size=[32, 32]", "model.dpt_head=true", "loss.latent_mse=0", "model.dpt_features=8")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_train import CLI_MAIN, tiny_config, tiny_settings, write_depth_folder
+from tiny_train import (
+    CLI_MAIN,
+    one_thread,  # noqa: F401  (autouse: one thread per test)
+    tiny_config,
+    tiny_settings,
+    write_depth_folder,
+)
 from typer.testing import CliRunner
 
 from genpercept_cli.cli import app
@@ -19,15 +25,6 @@ from genpercept_cli.train.config import ConfigError
 from genpercept_cli.train.engine import LOSS_FILE, Trainer, train
 
 TESTS = Path(__file__).parent
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions run faster on one thread than two threads fighting other processes for the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

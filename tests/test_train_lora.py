@@ -7,7 +7,11 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 from safetensors.torch import load_file
-from tiny_train import tiny_config, write_depth_folder
+from tiny_train import (
+    one_thread,  # noqa: F401  (autouse: one thread per test)
+    tiny_config,
+    write_depth_folder,
+)
 
 from genpercept_cli.loading import load_unet
 from genpercept_cli.train.engine import Trainer, train
@@ -15,14 +19,6 @@ from genpercept_cli.train.lora import LoRALinear
 
 LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"  # cross-attention: in 1024, out 8
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
