@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from _archives import ade20k_files, png_bytes, write_tree
+from _archives import ade20k_files, cityscapes_files, png_bytes, write_tree
 from typer.testing import CliRunner
 
 from benchmarks.datasets.base import Sample
@@ -197,3 +197,26 @@ def test_multi_scale_flip_is_refused_where_it_cannot_apply(tmp_path, checkpoint_
     result = runner.invoke(app, ["eval", "-d", "nyu", "--data-dir", str(tmp_path), "--multi-scale-flip"])
     assert result.exit_code != 0
     assert "--multi-scale-flip applies to a model run on ade20k or cityscapes" in result.output
+
+
+def test_eval_cityscapes_with_a_one_step_refinement_release_from_label_ids(tmp_path):
+    """The Mapillary-pretrained layout (refine_step 1, 19 classes) on Cityscapes GT stored as labelIds:
+    mIoU as mmseg computes it over the mapped train ids."""
+    from benchmarks.datasets import get_dataset
+    from genpercept_cli.cli import app
+    from genpercept_cli.pipeline import GenPerceptPipeline
+    from tiny_metaprompts import write_tiny_converted
+
+    folder = write_tiny_converted(tmp_path / "mp", "cityscapes-mapillary", img_scale=(64, 32), crop=32, stride=24)
+    files, _ = cityscapes_files(np.random.default_rng(5), cities=("lindau",), size=(16, 32), train_ids=False)
+    write_tree(tmp_path / "cityscapes", files)
+    result = runner.invoke(app, ["eval", "-d", "cityscapes", "--data-dir", str(tmp_path), "-c", str(folder),
+                                 "-o", str(tmp_path / "cs.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "cs.json").read_text())
+    pipe = GenPerceptPipeline.from_checkpoint(str(folder))
+    assert pipe.model.config.refine_step == 1 and pipe.model.channels == 19
+    samples = list(get_dataset("cityscapes", tmp_path))
+    preds = [pipe(s.image) for s in samples]
+    assert report["n_images"] == 1 and report["protocol"]["classes"] == 19
+    assert report["metrics"]["miou"] == pytest.approx(_hand_miou(preds, [s.gt for s in samples], 19), rel=1e-9)
