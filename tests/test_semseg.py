@@ -202,10 +202,11 @@ def test_multi_scale_flip_is_refused_where_it_cannot_apply(tmp_path, checkpoint_
 def test_eval_cityscapes_with_a_one_step_refinement_release_from_label_ids(tmp_path):
     """The Mapillary-pretrained layout (refine_step 1, 19 classes) on Cityscapes GT stored as labelIds:
     mIoU as mmseg computes it over the mapped train ids."""
+    from tiny_metaprompts import write_tiny_converted
+
     from benchmarks.datasets import get_dataset
     from genpercept_cli.cli import app
     from genpercept_cli.pipeline import GenPerceptPipeline
-    from tiny_metaprompts import write_tiny_converted
 
     folder = write_tiny_converted(tmp_path / "mp", "cityscapes-mapillary", img_scale=(64, 32), crop=32, stride=24)
     files, _ = cityscapes_files(np.random.default_rng(5), cities=("lindau",), size=(16, 32), train_ids=False)
