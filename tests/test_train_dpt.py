@@ -6,15 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from tiny_train import (
+    assert_predict_gives_the_model,
     one_thread,  # noqa: F401  (autouse: one thread per test)
     tiny_config,
     write_depth_folder,
 )
-from typer.testing import CliRunner
 
-from genpercept_cli.cli import app
 from genpercept_cli.dpt import minmax_per_image, unet_up_block_features
 from genpercept_cli.train.config import ConfigError
 from genpercept_cli.train.engine import Trainer, train
@@ -78,14 +76,7 @@ def test_dpt_checkpoint_loads_in_predict_without_task_and_gives_the_trained_outp
         raw = trained.dpt_head(unet_up_block_features(trained.unet, trained.encode(x), 1,
                                                       trained.embedding.expand(2, -1, -1)))
     assert torch.equal(ours, minmax_per_image(raw))  # the inference path: raw head output min-maxed per image
-    out = CliRunner().invoke(app, ["predict", str(data / "rgb"), "-c", str(ckpt), "-o", str(tmp_path / "pred"),
-                                   "--device", "cpu", "--processing-res", "32", "--formats", "npy"])
-    assert out.exit_code == 0, out.output
-    pred = np.load(tmp_path / "pred" / "s00_pred.npy")
-    image = torch.from_numpy(np.array(Image.open(data / "rgb" / "s00.png"))).float()
-    with torch.no_grad():
-        expected = trained(image.permute(2, 0, 1)[None] / 127.5 - 1)[0, 0].numpy()
-    assert np.allclose(pred, expected, atol=1e-6)
+    assert_predict_gives_the_model(trained, ckpt, data, tmp_path / "pred", 32)
 
 
 def test_dpt_resume_continues_the_uninterrupted_loss_curve(tmp_path, data):

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from tiny_train import (
     CLI_MAIN,
+    assert_predict_gives_the_model,
     one_thread,  # noqa: F401  (autouse: one thread per test)
     tiny_config,
     tiny_settings,
@@ -60,14 +60,7 @@ def test_checkpoint_loads_in_predict_without_task_and_gives_the_trained_outputs(
     with torch.no_grad():
         assert torch.allclose(pipe.model(x), trained(x), atol=1e-6, rtol=0)
         assert not torch.equal(trained.unet.conv_out.weight, torch.zeros_like(trained.unet.conv_out.weight))
-    out = CliRunner().invoke(app, ["predict", str(data / "rgb"), "-c", str(ckpt), "-o", str(tmp_path / "pred"),
-                                   "--device", "cpu", "--processing-res", "16", "--formats", "npy"])
-    assert out.exit_code == 0, out.output
-    pred = np.load(tmp_path / "pred" / "s00_pred.npy")
-    image = torch.from_numpy(np.array(Image.open(data / "rgb" / "s00.png"))).float()
-    with torch.no_grad():
-        expected = trained(image.permute(2, 0, 1)[None] / 127.5 - 1)[0, 0].numpy()
-    assert np.allclose(pred, expected, atol=1e-6)
+    assert_predict_gives_the_model(trained, ckpt, data, tmp_path / "pred", 16)
 
 
 def test_resume_continues_the_uninterrupted_loss_curve(tmp_path, data):

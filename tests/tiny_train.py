@@ -68,3 +68,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def assert_predict_gives_the_model(model, checkpoint, data: Path, out: Path, res: int) -> None:
+    """`genpercept predict -c checkpoint` on data/rgb/s00.png writes what `model` computes for it (1e-6)."""
+    from typer.testing import CliRunner
+
+    from genpercept_cli.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(data / "rgb"), "-c", str(checkpoint), "-o", str(out),
+                                      "--device", "cpu", "--processing-res", str(res), "--formats", "npy"])
+    assert result.exit_code == 0, result.output
+    pred = np.load(out / "s00_pred.npy")
+    image = torch.from_numpy(np.array(Image.open(data / "rgb" / "s00.png"))).float()
+    with torch.no_grad():
+        expected = model(image.permute(2, 0, 1)[None] / 127.5 - 1)[0, 0].numpy()
+    assert np.allclose(pred, expected, atol=1e-6)
