@@ -10,8 +10,10 @@ weights), post-processes, and predicts for images through the one runner (`runti
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +34,21 @@ from .resize import (
 from .runtime.device import measured_fast_path, resolve_device, resolve_dtype
 from .tasks import get_task
 
-__all__ = ["GenPerceptPipeline", "NonFiniteError", "MIN_SIDE", "check_processing_res", "image_to_tensor",
+__all__ = ["GenPerceptPipeline", "Launched", "NonFiniteError", "MIN_SIDE", "check_processing_res", "image_to_tensor",
            "processed_size", "resize_float", "resize_uint8"]
 
 
 class NonFiniteError(GenPerceptError):
     """A batch that stayed non-finite even after the fp32 retry."""
+
+
+@dataclass
+class Launched:
+    """A batch queued on the device by `GenPerceptPipeline.launch`, not yet checked or collected."""
+
+    rgb: torch.Tensor  # uint8 [B, 3, h, w] as given (the fp32 retry re-runs it)
+    out: torch.Tensor  # float32 [B, C, h', w'] on the device; its values exist once `ready` has passed
+    ready: torch.cuda.Event | None  # CUDA: recorded on the launching stream after the model; else None
 
 
 class GenPerceptPipeline:
@@ -61,6 +72,7 @@ class GenPerceptPipeline:
         self.dtype = dtype
         self.recoveries = 0  # batches re-run in fp32 after a non-finite half-precision result
         self._fp32_model: DenseModel | None = None
+        self._side: torch.cuda.Stream | None = None  # CUDA: where `finish` checks and copies results
 
     @property
     def stages(self) -> DenseModel:
@@ -81,8 +93,9 @@ class GenPerceptPipeline:
     ) -> GenPerceptPipeline:
         """Resolve, fetch and load a checkpoint (registry name, hub id or local folder).
 
-        fast_path: switch on what `bench-speed` measured to win for this device and dtype (none for
-        fp32, so fp32 stays the exact SPEC §3 maths); compile: opt-in `torch.compile`.
+        fast_path: switch on what `bench-speed` measured to win for this device and dtype
+        (`runtime.device.measured_fast_path`: none for fp32, so fp32 stays the exact SPEC §3 maths, unless
+        GENPERCEPT_WINOGRAD=on asks for Winograd convolutions); compile: opt-in `torch.compile`.
         """
         spec = checkpoint if isinstance(checkpoint, CheckpointSpec) else resolve_checkpoint(checkpoint, task)
         device = resolve_device(device)
@@ -94,9 +107,10 @@ class GenPerceptPipeline:
             pipe.optimize(**options, compile=compile)
         return pipe
 
-    # -- fast path (all opt-in: the defaults run the exact SPEC §3 maths) -------------------------
+    # -- fast path (`optimize`; from_checkpoint switches on what was measured to win) ---------------
     batch_buckets = False  # pad batches to powers of two (set by optimize(compile=True))
     cuda_graphs = False
+    winograd = False  # large fp32 CPU convolutions by Winograd (set by optimize(winograd=True))
 
     @property
     def tiled_decode_above(self) -> int | None:
@@ -116,6 +130,7 @@ class GenPerceptPipeline:
         tiled_decode_above: int | None = None,
         cuda_graphs: bool = False,
         compile_backend: str = "inductor",
+        winograd: bool = False,
     ) -> GenPerceptPipeline:
         """Switch fast-path options on in place; returns self. Measured by `genpercept bench-speed`.
 
@@ -125,7 +140,12 @@ class GenPerceptPipeline:
         most log2(batch) + 1 times.
         cuda_graphs: with compile on CUDA, replay CUDA graphs for each static shape ("reduce-overhead").
         tiled_decode_above: decode images with more pixels than this tile by tile (bounded memory).
+        winograd: fp32 3x3 convolutions on large CPU feature maps by Winograd (`runtime.winograd`; not
+        bit-exact: ~1e-5 of the output scale); off where NNPACK is missing, and under `compile`.
         """
+        from .runtime.winograd import winograd_available
+
+        self.winograd = winograd and not compile and winograd_available()
         self.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         self.tiled_decode_above = tiled_decode_above
         if cuda_graphs and not (compile and self.device.type == "cuda"):
@@ -143,6 +163,12 @@ class GenPerceptPipeline:
             self.batch_buckets, self.cuda_graphs = True, cuda_graphs
         return self
 
+    def convolutions(self):
+        """The context the model runs in: Winograd convolutions where `optimize(winograd=True)` asked."""
+        from .runtime.winograd import winograd_convolutions
+
+        return winograd_convolutions() if self.winograd else contextlib.nullcontext()
+
     # -- batches -------------------------------------------------------------------------------
     @torch.inference_mode()
     def predict_batch(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -151,15 +177,66 @@ class GenPerceptPipeline:
         Half-precision overflow (inf/NaN) is detected per batch and the batch is re-run on a separate
         fp32 copy of the model (made on first need; the shared weights are never cast).
         """
-        out = self._run(rgb)
+        return self._checked(rgb, self._run(rgb))
+
+    def _checked(self, rgb: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`out` (the model's output for `rgb`) if finite, else the fp32 copy's output for `rgb`.
+
+        Reads `out` on the current stream (a host synchronisation); raises NonFiniteError."""
+        if torch.isfinite(out).all():
+            return out
+        if self.dtype == torch.float32:
+            raise NonFiniteError("the model produced non-finite values in float32.")
+        self.recoveries += 1
+        out = self._fp32()(self.normalise(rgb, torch.float32)).float()
         if not torch.isfinite(out).all():
-            if self.dtype == torch.float32:
-                raise NonFiniteError("the model produced non-finite values in float32.")
-            self.recoveries += 1
-            out = self._fp32()(self.normalise(rgb, torch.float32)).float()
-            if not torch.isfinite(out).all():
-                raise NonFiniteError("the model produced non-finite values even in float32.")
+            raise NonFiniteError("the model produced non-finite values even in float32.")
         return out
+
+    # -- batches in flight (the runner's CUDA data path) ---------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        """Batches the runner may have launched and not yet collected: 2 on CUDA (the GPU computes
+        batch k + 1 while the host collects batch k), 1 elsewhere (launching is computing)."""
+        return 2 if self.device.type == "cuda" else 1
+
+    @torch.inference_mode()
+    def launch(self, rgb: torch.Tensor) -> Launched:
+        """Queue the model on uint8 [B, 3, h, w] (at processing size) without waiting for it.
+
+        On CUDA this returns as soon as the kernels are queued; `finish` collects the result.
+        Elsewhere the model has run when this returns."""
+        out = self._run(rgb)
+        if self.cuda_graphs:  # the next replay overwrites the graph's static output buffer
+            out = out.clone()
+        ready = None
+        if self.device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.device))  # this device's, not the current device's
+        return Launched(rgb, out, ready)
+
+    @torch.inference_mode()
+    def finish(self, launched: Launched, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+        """A launched batch's post-processed arrays: `postprocess_batch(predict_batch(rgb), sizes)`.
+
+        On CUDA the finite check, post-processing and the one device-to-host copy run on a side stream
+        that waits for this batch only, so the host waits for its results while the GPU runs the batches
+        launched after it. A non-finite batch is re-run in fp32 (synchronously) or raises NonFiniteError.
+        """
+        out = launched.out
+        if launched.ready is not None:
+            side = self._side_stream()
+            side.wait_event(launched.ready)
+            out.record_stream(side)  # made on the launching stream: not reused until the side is done
+            with torch.cuda.stream(side):
+                if torch.isfinite(out).all():  # waits for the side stream only, i.e. for this batch
+                    return self.postprocess_batch(out, sizes)
+        return self.postprocess_batch(self._checked(launched.rgb, out), sizes)
+
+    def _side_stream(self) -> torch.cuda.Stream:
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        return self._side
 
     def _run(self, rgb: torch.Tensor) -> torch.Tensor:
         n = rgb.shape[0]
@@ -169,7 +246,8 @@ class GenPerceptPipeline:
             return self._run(rgb)[:n]
         if self.cuda_graphs:  # outputs of the previous graph replay may be overwritten from here on
             torch.compiler.cudagraph_mark_step_begin()
-        return self.model(self.normalise(rgb)).float()
+        with self.convolutions():
+            return self.model(self.normalise(rgb)).float()
 
     def normalise(self, rgb: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """uint8 [B, 3, h, w] -> the model's input x = rgb / 255 * 2 - 1 on the device, in `dtype`.

@@ -25,6 +25,7 @@ from genpercept_cli.cli import app
 from genpercept_cli.errors import GenPerceptError
 from genpercept_cli.pipeline import GenPerceptPipeline
 from genpercept_cli.runtime.device import measured_fast_path
+from genpercept_cli.runtime.winograd import winograd_available
 
 TASKS = ("depth", "normal", "seg")
 # Fast path vs the fp32 pipeline, predict_batch outputs in [0, 1] on the tiny models (measured max):
@@ -196,7 +197,7 @@ def test_tiled_decode_triggers_only_above_the_threshold(checkpoint_root, monkeyp
 
 def test_measured_fast_path_keeps_only_measured_winners():
     assert measured_fast_path("cpu", torch.bfloat16) == {"channels_last": True}
-    assert measured_fast_path("cpu", torch.float32) == {}  # channels-last was within noise in fp32
+    assert measured_fast_path("cpu", torch.float32) == {}  # channels-last within noise; Winograd not exact
     assert measured_fast_path("cuda", torch.float16) == {}  # not measured in this repository yet
 
 
@@ -282,11 +283,14 @@ def test_bench_speed_measures_the_peer_beside_us(tmp_path, marigold_importable):
         assert result.exit_code == 2 and PEER_MISSING in result.output
         return
     report = _bench(tmp_path, "--protocol", "genpercept", "--protocol", "diffusers", "--repeats", "1",
-                    "--batch-size", "0")
+                    "--batch-size", "0", "--winograd")
     one_step, peer = report["runs"]
     assert peer["label"] == "diffusers_marigold_1x1" and peer["peer"].endswith("MarigoldDepthPipeline")
     assert peer["unet_samples_per_image"] == 1 and peer["stages_ms"]["vae_decode"] > 0
     assert report["speedups"]["diffusers_marigold_1x1"] == pytest.approx(
         peer["latency_ms_per_image"] / one_step["latency_ms_per_image"])
     assert report["batch_size"] == 1 and report["batch_size_auto"]  # automatic: 1 on the CPU
+    # Winograd is how our pipeline runs the modules; the peer calls them itself
+    assert one_step["optimizations"]["winograd"] is winograd_available()
+    assert peer["optimizations"]["winograd"] is False
     assert report["environment"]["allocator"]["mode"] in ("tuned", "system")

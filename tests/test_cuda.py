@@ -134,3 +134,81 @@ def test_measured_memory_model_fits_what_it_predicts(checkpoint_root):
     assert model.per_image_bytes > 0
     assert 0.5 * model.peak(4) <= peak(4) <= 2 * model.peak(4)  # close to linear (cuDNN workspaces vary)
     assert 1 <= auto_batch_size(pipe, (64, 96)) <= 32
+
+
+# -- batches in flight: the runner launches batch k + 1 before collecting batch k ----------------------
+def _batches_of(sizes, batch_size):
+    """The runner's batches for known sizes: job indices grouped by size (first appearance), then chunked."""
+    groups: dict = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(size, []).append(i)
+    return [g[k : k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
+
+
+def test_depth_2_runner_on_cuda_equals_batch_by_batch(checkpoint_root):
+    pipe = cuda_pipe(checkpoint_root, "fp16")
+    assert pipe.queue_depth == 2
+    sizes = [(32, 48), (48, 32), (32, 48), (32, 48), (48, 32), (32, 48), (64, 64)]  # processed (h, w)
+    inputs = [model_input(random_image(h + 9, w + 13, i), (h, w)) for i, (h, w) in enumerate(sizes)]
+    calls, got = [], {}
+    for name in ("launch", "finish"):
+        real = getattr(pipe, name)
+        setattr(pipe, name, lambda *a, real=real, name=name: (calls.append(name), real(*a))[1])
+
+    def load(job):
+        h, w = sizes[job.index]
+        return Loaded(job, inputs[job.index], (h + 9, w + 13))  # post-processing resizes to the input size
+
+    def sink(loaded, prediction):
+        got[loaded.job.index] = prediction
+
+    report = run(pipe, [Job(i, s) for i, s in enumerate(sizes)], load, sink, batch_size=2, workers=2)
+    assert report.done == len(sizes) and not report.failed
+    batches = _batches_of(sizes, 2)
+    assert calls[:3] == ["launch", "launch", "finish"] and calls.count("launch") == len(batches) == 4
+    for batch in batches:  # the same batches, synchronously: the same kernels, so the same values
+        rgb = torch.cat([inputs[i] for i in batch])
+        want = pipe.postprocess_batch(pipe.predict_batch(rgb), [(sizes[i][0] + 9, sizes[i][1] + 13) for i in batch])
+        for i, w in zip(batch, want, strict=True):
+            assert got[i].shape == w.shape == (sizes[i][0] + 9, sizes[i][1] + 13)
+            np.testing.assert_allclose(got[i], w, rtol=0, atol=1e-6)
+    assert pipe.recoveries == 0
+
+
+def test_finish_collects_its_batch_while_the_next_is_queued_and_leaves_nothing_pending(checkpoint_root):
+    pipe = cuda_pipe(checkpoint_root, "fp16", task="normal")
+    gen = torch.Generator().manual_seed(0)
+    first = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8, generator=gen)
+    second = torch.randint(0, 256, (3, 3, 32, 48), dtype=torch.uint8, generator=gen)
+    sizes = {"first": [(60, 80), (37, 41)], "second": [(32, 48)] * 3}
+    want = {"first": pipe.postprocess_batch(pipe.predict_batch(first), sizes["first"]),
+            "second": pipe.postprocess_batch(pipe.predict_batch(second), sizes["second"])}
+    launched = {"first": pipe.launch(first), "second": pipe.launch(second)}  # second queued behind first
+    for name in ("first", "second"):
+        got = pipe.finish(launched[name], sizes[name])
+        assert pipe._side_stream().query()  # nothing of this collection is still queued on the side stream
+        kept = [g.copy() for g in got]
+        torch.cuda.synchronize()  # if anything were still writing into the arrays, it would show now
+        for g, k, w in zip(got, kept, want[name], strict=True):
+            np.testing.assert_array_equal(g, k)
+            np.testing.assert_allclose(g, w, rtol=0, atol=1e-6)
+            assert g.shape == w.shape and np.isfinite(g).all()
+
+
+def test_fp16_overflow_collected_by_finish_is_rerun_in_fp32(checkpoint_root, cpu_pipe):
+    pipe = cuda_pipe(checkpoint_root, "fp16")
+
+    def overflow(module, args, output):  # what an fp16 VAE encoder overflow looks like
+        return output * float("inf") if output.dtype != torch.float32 else output
+
+    rgb = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    sizes = [(40, 56), (32, 48)]
+    handle = pipe.stages.vae.encoder.register_forward_hook(overflow)
+    try:
+        got = pipe.finish(pipe.launch(rgb), sizes)
+    finally:
+        handle.remove()
+    assert pipe.recoveries == 1 and pipe.stages.unet.dtype == torch.float16
+    want = cpu_pipe.postprocess_batch(cpu_pipe.predict_batch(rgb), sizes)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and np.abs(g - w).max() < 0.02

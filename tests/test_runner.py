@@ -2,6 +2,7 @@
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -349,3 +350,179 @@ def test_auto_batch_size_is_one_on_the_cpu(checkpoint_root):
 
     pipe = GenPerceptPipeline.from_checkpoint(str(checkpoint_root / "unet_depth_v2"), device="cpu")
     assert auto_batch_size(pipe, (64, 64)) == 1
+
+
+# -- batches in flight: launch batch k + 1 before collecting batch k (the CUDA data path) ---------------
+class QueuedPipe(FakePipe):
+    """A pipe with a queue, like a GPU: `launch` queues the compute on a one-thread "device" and returns
+    at once; `finish` waits for that batch and post-processes it. Logs ("launch"|"finish", batch number).
+
+    fail_at_finish: {job value: exception} raised by `finish` for the batch holding that value."""
+
+    queue_depth = 2
+
+    def __init__(self, oom_above=None, fail_at_finish=None):
+        super().__init__(oom_above)
+        self.log, self.fail_at_finish = [], fail_at_finish or {}
+        self.device = ThreadPoolExecutor(1)
+
+    def launch(self, rgb):
+        if self.oom_above is not None and rgb.shape[0] > self.oom_above:
+            raise torch.OutOfMemoryError("fake")  # raised at allocation, before anything is queued
+        number = sum(event == "launch" for event, _ in self.log)
+        self.log.append(("launch", number))
+        self.batches.append((rgb.shape[0], tuple(rgb.shape[-2:])))
+        return number, rgb, self.device.submit(self._compute, rgb)
+
+    @staticmethod
+    def _compute(rgb):
+        time.sleep(0.005)  # the device is busy for a while
+        return rgb[:, :1].float()
+
+    def finish(self, launched, sizes):
+        number, rgb, future = launched
+        self.log.append(("finish", number))
+        preds = future.result()
+        for value in rgb[:, 0, 0, 0].tolist():
+            if value in self.fail_at_finish:
+                raise self.fail_at_finish[value]
+        return [self.postprocess(pred, size) for pred, size in zip(preds, sizes)]
+
+
+def _launch_precedes_finish(log) -> bool:
+    """Every batch k but the last was collected only after batch k + 1 had been launched."""
+    launches = [n for event, n in log if event == "launch"]
+    return all(log.index(("launch", k + 1)) < log.index(("finish", k)) for k in launches[:-1])
+
+
+@pytest.mark.parametrize("known", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_next_batch_is_launched_before_the_current_one_is_collected(known, batch_size):
+    jobs, sizes = _jobs(23, 2, known)
+    pipe = QueuedPipe()
+    seen, report = _run(pipe, jobs, sizes, batch_size)
+    assert report.done == 23 and report.failed == []
+    assert seen == {i: float(i) for i in range(23)}
+    launches = sum(event == "launch" for event, _ in pipe.log)
+    assert launches == len(pipe.batches) > 2 and _launch_precedes_finish(pipe.log)
+    assert sorted(pipe.log, key=lambda e: e[1]) == [(e, k) for k in range(launches) for e in ("launch", "finish")]
+    assert all(n <= batch_size for n, _ in pipe.batches) and sum(n for n, _ in pipe.batches) == 23
+    if known:  # bucketed up front, as at depth 1: every batch but the last of each size is full
+        for size in set(sizes):
+            counts = [n for n, s in pipe.batches if s == size]
+            assert counts[:-1] == [batch_size] * (len(counts) - 1)
+
+
+@pytest.mark.parametrize("overlap, depth", [(False, 2), (True, 1)])
+def test_without_overlap_or_a_queue_each_batch_is_predicted_then_collected(overlap, depth):
+    jobs, sizes = _jobs(10, 3, known=True)
+    pipe = QueuedPipe()
+    pipe.queue_depth = depth
+    seen, report = _run(pipe, jobs, sizes, 3, overlap=overlap)
+    assert report.done == 10 and seen == {i: float(i) for i in range(10)}
+    assert pipe.log == [] and sum(n for n, _ in pipe.batches) == 10  # predict_batch, batch by batch
+
+
+def test_out_of_memory_at_launch_halves_the_batch():
+    jobs, sizes = _jobs(12, 5, known=True)
+    pipe = QueuedPipe(oom_above=1)
+    seen, report = _run(pipe, jobs, sizes, 4)
+    assert report.done == 12 and seen == {i: float(i) for i in range(12)}
+    assert [n for n, _ in pipe.batches] == [1] * 12 and _launch_precedes_finish(pipe.log)
+    seen, report = _run(QueuedPipe(oom_above=0), jobs[:2], sizes, 2)
+    h, w = sizes[0]
+    assert seen == {} and report.failed == [
+        (jobs[0], f"item 0: out of memory at {w}x{h}; lower --processing-res."),
+        (jobs[1], f"item 1: out of memory at {w}x{h}; lower --processing-res.")]
+
+
+def test_a_failure_at_finish_fails_that_batch_only():
+    from genpercept_cli.pipeline import NonFiniteError
+
+    jobs = [Job(i, (8, 8)) for i in range(9)]  # one size: batches {0,1,2}, {3,4,5}, {6,7,8}
+    sizes = [(8, 8)] * 9
+    pipe = QueuedPipe(fail_at_finish={4: NonFiniteError("the model produced non-finite values even in float32."),
+                                      7: RuntimeError("CUDA error: an illegal memory access\nmore")})
+    seen, report = _run(pipe, jobs, sizes, 3)
+    assert seen == {i: float(i) for i in (0, 1, 2)}
+    assert report.done == 3 and report.failed == (
+        [(jobs[i], f"item {i}: the model produced non-finite values even in float32.") for i in (3, 4, 5)]
+        + [(jobs[i], f"item {i}: the model failed (CUDA error: an illegal memory access).") for i in (6, 7, 8)])
+
+
+def test_out_of_memory_at_finish_reruns_that_batch_synchronously():
+    jobs = [Job(i, (8, 8)) for i in range(6)]
+    pipe = QueuedPipe(fail_at_finish={4: torch.OutOfMemoryError("fp32 copy")})
+    pipe.predict_batch = lambda rgb: (pipe.log.append(("predict", rgb.shape[0])), FakePipe.predict_batch(pipe, rgb))[1]
+    seen, report = _run(pipe, jobs, [(8, 8)] * 6, 3)
+    assert report.done == 6 and seen == {i: float(i) for i in range(6)}
+    assert ("predict", 3) in pipe.log and pipe.log.index(("finish", 1)) < pipe.log.index(("predict", 3))
+
+
+def test_pipeline_launch_then_finish_equals_predict_then_postprocess(checkpoint_root):
+    from genpercept_cli.pipeline import GenPerceptPipeline, NonFiniteError
+
+    root = str(checkpoint_root / "unet_depth_v2")
+    rgb = torch.randint(0, 256, (3, 3, 32, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    sizes = [(40, 60), (32, 48), (17, 23)]
+    for dtype, hooked in [("fp32", False), ("bf16", True)]:  # bf16 + overflow: the fp32 retry path
+        pipe = GenPerceptPipeline.from_checkpoint(root, device="cpu", dtype=dtype)
+        assert pipe.queue_depth == 1
+        handle = pipe.stages.vae.encoder.register_forward_hook(_bf16_overflow) if hooked else None
+        try:
+            got = pipe.finish(pipe.launch(rgb), sizes)
+            want = pipe.postprocess_batch(pipe.predict_batch(rgb), sizes)
+        finally:
+            if handle is not None:
+                handle.remove()
+        assert pipe.recoveries == (2 if hooked else 0)  # one retry each way
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == w.shape and g.dtype == np.float32 and np.isfinite(g).all()
+            np.testing.assert_array_equal(g, w)
+    pipe = GenPerceptPipeline.from_checkpoint(root, device="cpu", dtype="fp32")
+    handle = pipe.stages.vae.encoder.register_forward_hook(lambda module, args, output: output * float("inf"))
+    try:
+        with pytest.raises(NonFiniteError, match="non-finite values in float32"):
+            pipe.finish(pipe.launch(rgb), sizes)
+    finally:
+        handle.remove()
+
+
+def _bf16_overflow(module, args, output):  # what a half-precision VAE encoder overflow looks like
+    return output * float("inf") if output.dtype != torch.float32 else output
+
+
+def test_depth_2_runner_on_the_real_pipeline_equals_depth_1(checkpoint_root, monkeypatch):
+    from genpercept_cli.pipeline import GenPerceptPipeline
+
+    pipe = GenPerceptPipeline.from_checkpoint(str(checkpoint_root / "unet_normal_v2"), device="cpu")
+    sizes = [(24, 32), (32, 24), (24, 32), (24, 32), (32, 24), (24, 32), (16, 16)]
+    rng = np.random.default_rng(8)
+    inputs = [torch.from_numpy(rng.integers(0, 256, (1, 3, *s), dtype=np.uint8)) for s in sizes]
+
+    def predictions():
+        out = {}
+
+        def load(job):
+            h, w = sizes[job.index]
+            return Loaded(job, inputs[job.index], (h + 5, w + 7))  # post-processing resizes to the input size
+
+        def sink(loaded, prediction):
+            out[loaded.job.index] = prediction
+
+        report = run(pipe, [Job(i, s) for i, s in enumerate(sizes)], load, sink, batch_size=2, workers=2)
+        assert report.done == len(sizes) and not report.failed
+        return out
+
+    want = predictions()
+    calls = []
+    monkeypatch.setattr(GenPerceptPipeline, "queue_depth", property(lambda self: 2))
+    for name in ("launch", "finish"):
+        real = getattr(pipe, name)
+        monkeypatch.setattr(pipe, name, lambda *a, real=real, name=name: (calls.append(name), real(*a))[1])
+    got = predictions()
+    assert calls[:3] == ["launch", "launch", "finish"] and calls.count("launch") == 4  # 24x32: 2 batches
+    assert sorted(got) == sorted(want) == list(range(len(sizes)))
+    for i in want:
+        assert got[i].shape == (sizes[i][0] + 5, sizes[i][1] + 7, 3)
+        np.testing.assert_array_equal(got[i], want[i])

@@ -121,6 +121,7 @@ class BenchConfig:
     compile: bool = False
     cuda_graphs: bool = False
     channels_last: bool | None = None  # None: pipeline.measured_fast_path for the device and dtype
+    winograd: bool | None = None  # None: as measured (runtime.device.MEASURED_FAST_PATH)
     overlap_io: bool = True
     tiled_decode_above: int | None = None
     attention: str = "sdpa"
@@ -194,8 +195,9 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         from genpercept_cli.runtime.memory import auto_batch_size
 
         cfg = replace(cfg, batch_size=auto_batch_size(pipe, (cfg.resolution, cfg.resolution)))
-    measured = measured_fast_path(device, pipe.dtype).get("channels_last", False)
-    channels_last = measured if cfg.channels_last is None else cfg.channels_last
+    measured = measured_fast_path(device, pipe.dtype)
+    channels_last = measured.get("channels_last", False) if cfg.channels_last is None else cfg.channels_last
+    winograd = measured.get("winograd", False) if cfg.winograd is None else cfg.winograd
     n_images = cfg.num_images or cfg.batch_size
     side = cfg.input_size if cfg.input_size is not None else (cfg.resolution * 3) // 2
     clock, memory = StageClock(device), PeakMemory(device)
@@ -215,14 +217,14 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         optimized = False
         for p in order:
             if p.name != "reference" and not optimized:
-                pipe.optimize(channels_last=channels_last, compile=cfg.compile,
+                pipe.optimize(channels_last=channels_last, compile=cfg.compile, winograd=winograd,
                               tiled_decode_above=cfg.tiled_decode_above, cuda_graphs=cfg.cuda_graphs)
                 optimized = True
             repeats = p.repeats or cfg.repeats
             with instrumented(pipe, clock):  # hooks on the modules as they are now (compiled or not)
                 result = _run_protocol(p, pipe, cfg, images, out, formats, n_images, repeats, clock, memory)
             runs[p] = {"protocol": p.name, "label": p.label, **common, "repeats": repeats, **result,
-                       "optimizations": _switches(p, cfg, channels_last)}
+                       "optimizations": _switches(p, pipe, cfg, channels_last)}
     ordered = [runs[p] for p in cfg.protocols]
     top = ordered[0]
     base = next(r for r in ordered if r["protocol"] == "genpercept")["latency_ms_per_image"]
@@ -268,12 +270,15 @@ def _run_protocol(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_i
             "warmup_protocol": f"marigold 1 step x {members} members", **result}
 
 
-def _switches(p: Protocol, cfg: BenchConfig, channels_last: bool) -> dict:
+def _switches(p: Protocol, pipe, cfg: BenchConfig, channels_last: bool) -> dict:
+    """The switches a protocol ran with. Winograd is how our pipeline runs the modules (a mode around its
+    forward), so the diffusers peer, which calls the modules itself, runs without it."""
     if p.name == "reference":
         return {"batch_size_1": True, "channels_last": False, "compile": False, "overlap_io": False,
-                "empty_cache_per_image": True}
+                "empty_cache_per_image": True, "winograd": False}
     return {"channels_last": channels_last, "compile": cfg.compile, "cuda_graphs": cfg.cuda_graphs,
-            "overlap_io": cfg.overlap_io, "tiled_decode_above": cfg.tiled_decode_above}
+            "overlap_io": cfg.overlap_io, "tiled_decode_above": cfg.tiled_decode_above,
+            "winograd": pipe.winograd and p.name != "diffusers"}
 
 
 # -- the report -----------------------------------------------------------------------------------

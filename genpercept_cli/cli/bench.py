@@ -35,6 +35,9 @@ def bench_speed(
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="With --compile on CUDA: CUDA graphs."),
     channels_last: bool | None = typer.Option(
         None, "--channels-last/--no-channels-last", help="NHWC weights (default: what measured fastest)."),
+    winograd: bool | None = typer.Option(
+        None, "--winograd/--no-winograd",
+        help="Large fp32 CPU convolutions by Winograd (default: what measured fastest)."),
     overlap_io: bool = typer.Option(
         True, "--overlap-io/--no-overlap-io", help="Read and write images in threads beside compute."),
     tile_above: float = typer.Option(
@@ -62,7 +65,7 @@ def bench_speed(
         random_weights=random_weights, checkpoint=checkpoint, model_size=model_size, head=head,
         protocols=parse_protocols(protocol, steps, ensemble), resolution=resolution, input_size=input_size,
         batch_size=batch_size, num_images=num_images, dtype=dtype, device=rank_device(device, dist), compile=compile,
-        cuda_graphs=cuda_graphs, channels_last=channels_last, overlap_io=overlap_io,
+        cuda_graphs=cuda_graphs, channels_last=channels_last, winograd=winograd, overlap_io=overlap_io,
         tiled_decode_above=int(tile_above * 1e6) if tile_above > 0 else None,
         attention=attention, warmup=warmup, repeats=repeats, seed=seed,
     ).validate()

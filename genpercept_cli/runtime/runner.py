@@ -1,15 +1,26 @@
 """The one loop every command runs: `predict` writes files, `eval` scores, `bench-speed` times.
 
     jobs -> (shard) -> bucket by processed size -> load in reader threads, a bounded distance ahead
-    -> batches of one size -> model (out-of-memory halves the batch) -> post-process (per batch) -> sink
+    -> batches of one size -> launch the model (out-of-memory halves the batch)
+    -> collect the oldest launched batch: finite check, post-process (per batch) -> sink threads
+
+    CUDA (`pipe.queue_depth` 2):
+        host  launch 1 · launch 2 · collect 1 · launch 3 · collect 2 · launch 4 · collect 3 · ...
+        GPU   [ batch 1 ][ batch 2 ][ batch 3 ][ batch 4 ] ...   (collecting k waits for k only)
+
+On CUDA batch k + 1 is queued on the GPU before the host waits for batch k's results (`pipe.launch`,
+`pipe.finish`), so the GPU computes while the host post-processes, hands arrays to the sinks and
+launches the next batch. Elsewhere (depth 1: the CPU, stand-ins with only `predict_batch`) and with
+overlap=False each batch is predicted and collected before the next one starts.
 
 The sink differs per command (a writer, a scorer, nothing); the loop does not. Jobs whose processed
 size is known up front (image headers) are bucketed before loading, so every batch is full; jobs whose
 size is known only once loaded (benchmark samples) are grouped as they arrive, holding at most
 `2 * batch_size` loaded inputs. Batching is exact: the maths is per sample.
 
-Timing goes through `clock.stage(name, sync)` around reading ("load"), post-processing ("postprocess")
-and the sink ("write"); `bench-speed` passes its clock, everyone else the null clock.
+Timing goes through `clock.stage(name, sync)` around reading ("load"), post-processing ("postprocess",
+which on CUDA includes waiting for the batch's results) and the sink ("write"); `bench-speed` passes its
+clock, everyone else the null clock.
 """
 
 from __future__ import annotations
@@ -83,6 +94,8 @@ def run(
     sink(loaded, prediction) -> None, or a one-sentence problem; `prediction` is the post-processed
     numpy array at `loaded.size`. Sinks run in `sink_workers` threads (1 keeps a scorer single-threaded).
     overlap=False runs everything in series in this thread (the reference's loop, for bench-speed).
+    Out of memory halves the batch; on a pipe with `queue_depth` 2 (CUDA) the next batch is launched
+    before the current one is collected, and out of memory while collecting re-runs that batch in series.
     shard(jobs) -> the jobs this process runs (data-parallel runs); after_batch() runs after each batch.
     """
     jobs = list(jobs)
@@ -104,24 +117,34 @@ def run(
 
     readers = ThreadPoolExecutor(workers, thread_name_prefix="genpercept-read") if overlap else None
     writers = ThreadPoolExecutor(sink_workers, thread_name_prefix="genpercept-sink") if overlap else None
+    depth = _queue_depth(pipe, overlap)
+    launch = pipe.launch if depth > 1 else pipe.predict_batch
     pending: list[tuple[Loaded, Future]] = []
+
+    def collect(batch: list[Loaded], parts: list[tuple[list[Loaded], Any]]) -> None:
+        nonlocal pending
+        with clock.stage("postprocess", sync=depth == 1):  # a device-wide sync would wait for batch k+1 too
+            results = _postprocessed(pipe, parts) if depth == 1 else _finished(pipe, parts, report, describe)
+        for loaded, array in results:
+            if writers is None:
+                _account(loaded, _call_sink(timed_sink, loaded, array, describe), report)
+            else:
+                pending.append((loaded, writers.submit(_call_sink, timed_sink, loaded, array, describe)))
+                pending = _collect(pending, report, keep=2 * sink_workers)
+        for _ in batch:
+            advance()
+        if after_batch is not None:
+            after_batch()
+
     try:
         loaded_stream = _loaded(readers, timed_load, jobs, ahead=batch_size + workers)
+        in_flight: deque[tuple[list[Loaded], list]] = deque()  # launched batches, oldest first
         for batch in _batches(loaded_stream, batch_size, report, advance):
-            predictions = _predict_or_split(pipe, batch, report, describe)
-            live = [(loaded, pred) for loaded, pred in zip(batch, predictions) if pred is not None]
-            with clock.stage("postprocess"):
-                arrays = _postprocess(pipe, live)
-            for (loaded, _), array in zip(live, arrays):
-                if writers is None:
-                    _account(loaded, _call_sink(timed_sink, loaded, array, describe), report)
-                else:
-                    pending.append((loaded, writers.submit(_call_sink, timed_sink, loaded, array, describe)))
-                    pending = _collect(pending, report, keep=2 * sink_workers)
-            for _ in batch:
-                advance()
-            if after_batch is not None:
-                after_batch()
+            in_flight.append((batch, _run_or_split(launch, batch, report, describe)))
+            if len(in_flight) == depth:  # depth 2: batch k + 1 is already queued while batch k is collected
+                collect(*in_flight.popleft())
+        while in_flight:
+            collect(*in_flight.popleft())
         _collect(pending, report, keep=0)
     finally:  # on Ctrl-C/SIGTERM or a bug: drop queued work, let running sinks finish
         for pool in (readers, writers):
@@ -187,37 +210,78 @@ def _batches(stream, batch_size: int, report: RunReport, advance) -> Iterator[li
     yield from held.values()
 
 
-def _predict_or_split(pipe, batch: list[Loaded], report: RunReport, describe) -> list:
-    """Predictions for one batch; on out-of-memory the batch is halved until single inputs fail.
+def _queue_depth(pipe, overlap: bool) -> int:
+    """How many batches may be launched and not yet collected: the pipe's `queue_depth` where it can
+    launch without waiting (`launch`/`finish`) and the loop overlaps, else 1."""
+    if not (overlap and hasattr(pipe, "launch") and hasattr(pipe, "finish")):
+        return 1
+    return max(1, getattr(pipe, "queue_depth", 1))
 
-    Failed inputs get None and a line in the report."""
+
+def _run_or_split(run_batch, batch: list[Loaded], report: RunReport, describe) -> list[tuple[list[Loaded], Any]]:
+    """[(part, run_batch(part's uint8 inputs))] for the parts of `batch` that ran, in order.
+
+    run_batch is `pipe.predict_batch` or `pipe.launch`. On out-of-memory the batch is halved until single
+    inputs fail; failed inputs are left out, with a line in the report."""
     try:
-        return list(pipe.predict_batch(torch.cat([loaded.rgb for loaded in batch])))
+        return [(batch, run_batch(torch.cat([loaded.rgb for loaded in batch])))]
     except torch.OutOfMemoryError:
         if len(batch) > 1:
             half = len(batch) // 2
-            return (_predict_or_split(pipe, batch[:half], report, describe)
-                    + _predict_or_split(pipe, batch[half:], report, describe))
+            return (_run_or_split(run_batch, batch[:half], report, describe)
+                    + _run_or_split(run_batch, batch[half:], report, describe))
         loaded = batch[0]
         h, w = loaded.rgb.shape[-2:]
         report.failed.append((loaded.job, f"{describe(loaded.job)}: out of memory at {w}x{h}; "
                                           "lower --processing-res."))
-    except GenPerceptError as exc:
-        report.failed.extend((loaded.job, f"{describe(loaded.job)}: {exc}") for loaded in batch)
-    except RuntimeError as exc:  # e.g. the CPU allocator out of memory: fail these inputs, keep going
-        reason = str(exc).splitlines()[0][:200]
-        report.failed.extend((loaded.job, f"{describe(loaded.job)}: the model failed ({reason}).") for loaded in batch)
-    return [None] * len(batch)
+    except (GenPerceptError, RuntimeError) as exc:
+        _fail(batch, exc, report, describe)
+    return []
 
 
-def _postprocess(pipe, live: list[tuple[Loaded, torch.Tensor]]) -> list:
-    """Post-processed arrays for a batch's predictions: in one go where the pipe can (one device-to-host
-    copy per batch), else one by one."""
+def _fail(batch: list[Loaded], exc: Exception, report: RunReport, describe) -> None:
+    """A line in the report for every input of a batch the model failed on."""
+    if isinstance(exc, GenPerceptError):
+        reason = str(exc)
+    else:  # e.g. the CPU allocator out of memory: fail these inputs, keep going
+        first_line = next(iter(str(exc).splitlines()), type(exc).__name__)
+        reason = f"the model failed ({first_line[:200]})."
+    report.failed.extend((loaded.job, f"{describe(loaded.job)}: {reason}") for loaded in batch)
+
+
+def _postprocessed(pipe, parts: list[tuple[list[Loaded], torch.Tensor]]) -> list[tuple[Loaded, Any]]:
+    """(loaded, post-processed array) for a batch's predictions ([n, C, h, w] per part): in one go where
+    the pipe can (one device-to-host copy per batch), else one by one."""
+    live = [loaded for part, _ in parts for loaded in part]
     if not live:
         return []
+    # one part (no out-of-memory split): its tensor as the model left it, as `finish` post-processes it
+    preds = parts[0][1] if len(parts) == 1 else torch.cat([preds for _, preds in parts])
     if hasattr(pipe, "postprocess_batch"):
-        return pipe.postprocess_batch(torch.stack([pred for _, pred in live]), [loaded.size for loaded, _ in live])
-    return [pipe.postprocess(pred, loaded.size) for loaded, pred in live]
+        arrays = pipe.postprocess_batch(preds, [loaded.size for loaded in live])
+    else:
+        arrays = [pipe.postprocess(pred, loaded.size) for loaded, pred in zip(live, preds)]
+    return list(zip(live, arrays))
+
+
+def _finished(pipe, parts: list[tuple[list[Loaded], Any]], report: RunReport, describe) -> list[tuple[Loaded, Any]]:
+    """(loaded, post-processed array) for the launched parts of a batch (`pipe.finish`).
+
+    A non-finite or failed part fails its inputs with `_run_or_split`'s sentences. Out of memory while
+    collecting (the fp32 retry's model copy, the post-processing beside the next batch) re-runs the part
+    the synchronous way, which halves it as depth 1 would."""
+    results = []
+    for part, launched in parts:
+        try:
+            arrays = pipe.finish(launched, [loaded.size for loaded in part])
+        except torch.OutOfMemoryError:
+            results += _postprocessed(pipe, _run_or_split(pipe.predict_batch, part, report, describe))
+            continue
+        except (GenPerceptError, RuntimeError) as exc:
+            _fail(part, exc, report, describe)
+            continue
+        results += zip(part, arrays)
+    return results
 
 
 def _call_sink(sink, loaded: Loaded, array, describe) -> str | None:
