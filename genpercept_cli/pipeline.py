@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,8 +198,11 @@ class GenPerceptPipeline:
     @property
     def queue_depth(self) -> int:
         """Batches the runner may have launched and not yet collected: 2 on CUDA (the GPU computes
-        batch k + 1 while the host collects batch k), 1 elsewhere (launching is computing)."""
-        return 2 if self.device.type == "cuda" else 1
+        batch k + 1 while the host collects batch k), 1 elsewhere (launching is computing).
+        GENPERCEPT_QUEUE_DEPTH=1 turns the overlap off on CUDA (the GPU check measures both)."""
+        if self.device.type != "cuda":
+            return 1
+        return max(1, int(os.environ.get("GENPERCEPT_QUEUE_DEPTH", "2") or 2))
 
     @torch.inference_mode()
     def launch(self, rgb: torch.Tensor) -> Launched:

@@ -134,6 +134,8 @@ def test_dry_run_end_to_end_writes_what_comes_back(tmp_path):
     predict = results["predict"]
     assert predict["files_written"] == 3 * predict["images"] == 18 and predict["warm_images"] == 1
     assert predict["images_per_s"] is None or predict["images_per_s"] > 0
+    assert predict["seconds_full_run_queue_depth_1"] > 0  # the same run without the launch-ahead overlap
+    assert "GENPERCEPT_QUEUE_DEPTH=1" in (out / "summary.md").read_text()
     summary = (out / "summary.md").read_text()
     assert "| bench_fp32_b2 | float32 | 64 | 2 | genpercept |" in summary and "predict end to end" in summary
     with tarfile.open(out / "runs.tar.gz") as tar:

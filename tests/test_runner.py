@@ -526,3 +526,14 @@ def test_depth_2_runner_on_the_real_pipeline_equals_depth_1(checkpoint_root, mon
     for i in want:
         assert got[i].shape == (sizes[i][0] + 5, sizes[i][1] + 7, 3)
         np.testing.assert_array_equal(got[i], want[i])
+
+
+def test_queue_depth_two_on_cuda_unless_the_environment_says_one(monkeypatch):
+    from genpercept_cli.checkpoints import CheckpointSpec
+    from genpercept_cli.pipeline import GenPerceptPipeline
+
+    spec = CheckpointSpec(name="x", task="depth", output="test")
+    on = {device: GenPerceptPipeline(None, spec, device) for device in ("cpu", "cuda")}  # no GPU is touched
+    assert (on["cpu"].queue_depth, on["cuda"].queue_depth) == (1, 2)
+    monkeypatch.setenv("GENPERCEPT_QUEUE_DEPTH", "1")
+    assert (on["cpu"].queue_depth, on["cuda"].queue_depth) == (1, 1)

@@ -10,6 +10,7 @@ model loading and warm-up, so `images_per_s` is what a long run sees from JPEG o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -56,10 +57,11 @@ def cli(*args) -> list[str]:
     return [sys.executable, "-m", "genpercept_cli", *map(str, args)]
 
 
-def timed(argv: list[str]) -> float:
-    """Seconds the command took; raises CalledProcessError (output shown) when it fails."""
+def timed(argv: list[str], env: dict | None = None) -> float:
+    """Seconds the command took (`env`: extra environment variables); raises CalledProcessError (output
+    shown) when it fails."""
     start = time.perf_counter()
-    subprocess.run(argv, cwd=ROOT, check=True)
+    subprocess.run(argv, cwd=ROOT, check=True, env={**os.environ, **(env or {})})
     return time.perf_counter() - start
 
 
@@ -75,6 +77,8 @@ def predict_e2e(work: Path, device: str, dtype: str, model_size: str, images: in
               "--formats", "npy,png16,color"]
     t_warm = timed(cli("predict", work / "warm", "-o", work / "out_warm", *common))
     t_all = timed(cli("predict", work / "all", "-o", work / "out_all", *common))
+    # the same run with batch k + 1 launched only after batch k is collected: what the overlap gains
+    t_serial = timed(cli("predict", work / "all", "-o", work / "out_serial", *common), {"GENPERCEPT_QUEUE_DEPTH": "1"})
     written = sorted(p.name for p in (work / "out_all").rglob("*") if p.is_file())
     result = {
         "device": device, "dtype": dtype, "model_size": model_size, "input_side": side, "resolution": resolution,
@@ -82,6 +86,8 @@ def predict_e2e(work: Path, device: str, dtype: str, model_size: str, images: in
         # None where the run is too short for the difference to mean anything (the dry run)
         "images_per_s": (images - warm) / (t_all - t_warm) if t_all > 1.05 * t_warm else None,
         "images_per_s_with_start": images / t_all, "files_written": len(written),
+        "seconds_full_run_queue_depth_1": t_serial,
+        "images_per_s_queue_depth_1": (images - warm) / (t_serial - t_warm) if t_serial > 1.05 * t_warm else None,
         "formats": "npy,png16,color", "batch_size": "auto",
     }
     json_path.write_text(json.dumps(result, indent=1) + "\n")

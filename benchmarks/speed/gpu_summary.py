@@ -48,7 +48,9 @@ def _end_to_end(results: dict) -> list[str]:
         lines += ["## predict end to end (JPEG on disk -> npy, 16-bit PNG, colour PNG written)", "",
                   f"{p['images']} images of {p['input_side']}² at {p['resolution']}², {p['dtype']}, automatic batch: "
                   f"**{_rate(p['images_per_s'])} images/s** after start-up ({p['images_per_s_with_start']:.1f} with "
-                  f"start-up and model load), {p['files_written']} files written.", ""]
+                  f"start-up and model load), {p['files_written']} files written; with the next batch launched "
+                  f"only after the current one is collected (GENPERCEPT_QUEUE_DEPTH=1): "
+                  f"{_rate(p.get('images_per_s_queue_depth_1'))} images/s.", ""]
     e = results.get("eval")
     if e:
         lines += [f"**eval** on a synthetic NYU archive ({e['samples']} samples): {e['seconds']:.1f} s end to end.",
