@@ -5,6 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from golden import cases  # noqa: E402
 from tiny_models import write_checkpoint_root  # noqa: E402
 
 
@@ -18,3 +19,11 @@ def checkpoint_root(tmp_path_factory) -> Path:
 def _offline(monkeypatch):
     # Tests never touch the network; the hub client must answer from cache or fail fast.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny
+    tensors run faster on one thread than on two fighting other processes for a busy 2-core box."""
+    with cases.one_thread():
+        yield

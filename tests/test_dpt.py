@@ -19,6 +19,8 @@ from genpercept_cli.dpt import (
 )
 from genpercept_cli.errors import CheckpointError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster
+
 # SD2.1 block types, tiny widths; widths differ per level so a swapped feature cannot go unnoticed.
 TINY_UNET = {**BENCH_TINY_UNET, "block_out_channels": (8, 16, 32, 32), "layers_per_block": 2,
              "cross_attention_dim": 16}
@@ -74,13 +76,6 @@ def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny tensors: thread start-up dominates, and on a loaded 2-core box one thread is ~10x faster.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

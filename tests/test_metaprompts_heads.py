@@ -19,6 +19,8 @@ from genpercept_cli.models.metaprompts.heads import (
     UPerHead,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster
+
 REPO = Path(__file__).resolve().parents[1]
 KEYS_FILE = Path(__file__).parent / "data" / "metaprompts_heads_keys.tsv"
 SHARED = REPO.parent / "shared" / "reference" / "metaprompts"
@@ -92,13 +94,6 @@ def test_committed_rows_equal_the_shared_reference(release, shared_file):
     assert shared == _read_rows(KEYS_FILE, release)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny tensors: on a loaded 2-core box thread start-up dominates, one thread is several times faster.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # -- forward passes on tiny weights, against torch.nn.functional step by step -------------------------------

@@ -8,7 +8,6 @@ import pytest
 import torch
 from tiny_train import (
     assert_predict_gives_the_model,
-    one_thread,  # noqa: F401  (autouse: one thread per test)
     tiny_config,
     write_depth_folder,
 )
@@ -17,6 +16,8 @@ from genpercept_cli.dpt import minmax_per_image, unet_up_block_features
 from genpercept_cli.train.config import ConfigError
 from genpercept_cli.train.engine import Trainer, train
 from genpercept_cli.train.losses import gradient_loss, pixel_mse, ssi_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster
 
 # The DPT head's output has the image's size for sides that are multiples of 32; a head 8 wide.
 DPT = ("data.size=[32, 32]", "model.dpt_head=true", "loss.latent_mse=0", "model.dpt_features=8")

@@ -12,7 +12,6 @@ import torch
 from tiny_train import (
     CLI_MAIN,
     assert_predict_gives_the_model,
-    one_thread,  # noqa: F401  (autouse: one thread per test)
     tiny_config,
     tiny_settings,
     write_depth_folder,
@@ -23,6 +22,8 @@ from genpercept_cli.cli import app
 from genpercept_cli.cli.train import eval_validator
 from genpercept_cli.train.config import ConfigError
 from genpercept_cli.train.engine import LOSS_FILE, Trainer, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster
 
 TESTS = Path(__file__).parent
 

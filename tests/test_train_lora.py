@@ -8,7 +8,6 @@ import torch
 from diffusers.models.attention_processor import Attention
 from safetensors.torch import load_file
 from tiny_train import (
-    one_thread,  # noqa: F401  (autouse: one thread per test)
     tiny_config,
     write_depth_folder,
 )
@@ -16,6 +15,8 @@ from tiny_train import (
 from genpercept_cli.loading import load_unet
 from genpercept_cli.train.engine import Trainer, train
 from genpercept_cli.train.lora import LoRALinear
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster
 
 LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"  # cross-attention: in 1024, out 8
 WEIGHTS = "diffusion_pytorch_model.safetensors"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from tiny_models import TASK_FOLDERS, UNET_CONFIG, make_vae
@@ -58,16 +57,6 @@ def tiny_config(tmp: Path, data: Path, *extra: str, task: str = "depth", run: st
 
 
 CLI_MAIN = "from genpercept_cli.cli import main; main()"  # `python -c CLI_MAIN train ...` (torchrun tests)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread than on two fighting other processes for the cores
-    (autouse in every module that imports it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_predict_gives_the_model(model, checkpoint, data: Path, out: Path, res: int) -> None:
