@@ -12,6 +12,7 @@ Stated tolerances, against the fp32 CPU result of the same tiny model (outputs i
 import numpy as np
 import pytest
 import torch
+from test_runner import predictions_by_index
 
 from genpercept_cli.pipeline import GenPerceptPipeline
 from genpercept_cli.resize import model_input, upload_resize
@@ -150,20 +151,11 @@ def test_depth_2_runner_on_cuda_equals_batch_by_batch(checkpoint_root):
     assert pipe.queue_depth == 2
     sizes = [(32, 48), (48, 32), (32, 48), (32, 48), (48, 32), (32, 48), (64, 64)]  # processed (h, w)
     inputs = [model_input(random_image(h + 9, w + 13, i), (h, w)) for i, (h, w) in enumerate(sizes)]
-    calls, got = [], {}
+    calls = []
     for name in ("launch", "finish"):
         real = getattr(pipe, name)
         setattr(pipe, name, lambda *a, real=real, name=name: (calls.append(name), real(*a))[1])
-
-    def load(job):
-        h, w = sizes[job.index]
-        return Loaded(job, inputs[job.index], (h + 9, w + 13))  # post-processing resizes to the input size
-
-    def sink(loaded, prediction):
-        got[loaded.job.index] = prediction
-
-    report = run(pipe, [Job(i, s) for i, s in enumerate(sizes)], load, sink, batch_size=2, workers=2)
-    assert report.done == len(sizes) and not report.failed
+    got = predictions_by_index(pipe, inputs, sizes, pad=(9, 13))
     batches = _batches_of(sizes, 2)
     assert calls[:3] == ["launch", "launch", "finish"] and calls.count("launch") == len(batches) == 4
     for batch in batches:  # the same batches, synchronously: the same kernels, so the same values

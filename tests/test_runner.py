@@ -492,6 +492,23 @@ def _bf16_overflow(module, args, output):  # what a half-precision VAE encoder o
     return output * float("inf") if output.dtype != torch.float32 else output
 
 
+def predictions_by_index(pipe, inputs, sizes, pad) -> dict:
+    """{job index: array} from the runner (batches of 2) for uint8 model inputs at processed `sizes`, each
+    post-processed to its size plus `pad` (rows, columns) as if that were the input image's size."""
+    out = {}
+
+    def load(job):
+        h, w = sizes[job.index]
+        return Loaded(job, inputs[job.index], (h + pad[0], w + pad[1]))
+
+    def sink(loaded, prediction):
+        out[loaded.job.index] = prediction
+
+    report = run(pipe, [Job(i, s) for i, s in enumerate(sizes)], load, sink, batch_size=2, workers=2)
+    assert report.done == len(sizes) and not report.failed
+    return out
+
+
 def test_depth_2_runner_on_the_real_pipeline_equals_depth_1(checkpoint_root, monkeypatch):
     from genpercept_cli.pipeline import GenPerceptPipeline
 
@@ -501,18 +518,7 @@ def test_depth_2_runner_on_the_real_pipeline_equals_depth_1(checkpoint_root, mon
     inputs = [torch.from_numpy(rng.integers(0, 256, (1, 3, *s), dtype=np.uint8)) for s in sizes]
 
     def predictions():
-        out = {}
-
-        def load(job):
-            h, w = sizes[job.index]
-            return Loaded(job, inputs[job.index], (h + 5, w + 7))  # post-processing resizes to the input size
-
-        def sink(loaded, prediction):
-            out[loaded.job.index] = prediction
-
-        report = run(pipe, [Job(i, s) for i, s in enumerate(sizes)], load, sink, batch_size=2, workers=2)
-        assert report.done == len(sizes) and not report.failed
-        return out
+        return predictions_by_index(pipe, inputs, sizes, pad=(5, 7))
 
     want = predictions()
     calls = []
