@@ -202,7 +202,11 @@ class GenPerceptPipeline:
         GENPERCEPT_QUEUE_DEPTH=1 turns the overlap off on CUDA (the GPU check measures both)."""
         if self.device.type != "cuda":
             return 1
-        return max(1, int(os.environ.get("GENPERCEPT_QUEUE_DEPTH", "2") or 2))
+        value = os.environ.get("GENPERCEPT_QUEUE_DEPTH", "").strip() or "2"
+        if not value.isdigit() or int(value) < 1:
+            raise GenPerceptError(
+                f"GENPERCEPT_QUEUE_DEPTH must be a whole number of batches, at least 1; got {value!r}.")
+        return int(value)
 
     @torch.inference_mode()
     def launch(self, rgb: torch.Tensor) -> Launched:

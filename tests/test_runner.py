@@ -543,3 +543,6 @@ def test_queue_depth_two_on_cuda_unless_the_environment_says_one(monkeypatch):
     assert (on["cpu"].queue_depth, on["cuda"].queue_depth) == (1, 2)
     monkeypatch.setenv("GENPERCEPT_QUEUE_DEPTH", "1")
     assert (on["cpu"].queue_depth, on["cuda"].queue_depth) == (1, 1)
+    monkeypatch.setenv("GENPERCEPT_QUEUE_DEPTH", "two")
+    with pytest.raises(GenPerceptError, match="GENPERCEPT_QUEUE_DEPTH must be a whole number .* got 'two'"):
+        getattr(on["cuda"], "queue_depth")  # noqa: B009 - the property raises
