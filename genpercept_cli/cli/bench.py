@@ -37,7 +37,7 @@ def bench_speed(
         None, "--channels-last/--no-channels-last", help="NHWC weights (default: what measured fastest)."),
     winograd: bool | None = typer.Option(
         None, "--winograd/--no-winograd",
-        help="Large fp32 CPU convolutions by Winograd (default: what measured fastest)."),
+        help="Large fp32 CPU convolutions by Winograd, not bit-exact (default: off unless GENPERCEPT_WINOGRAD=on)."),
     overlap_io: bool = typer.Option(
         True, "--overlap-io/--no-overlap-io", help="Read and write images in threads beside compute."),
     tile_above: float = typer.Option(
