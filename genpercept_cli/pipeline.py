@@ -112,6 +112,7 @@ class GenPerceptPipeline:
     batch_buckets = False  # pad batches to powers of two (set by optimize(compile=True))
     cuda_graphs = False
     winograd = False  # large fp32 CPU convolutions by Winograd (set by optimize(winograd=True))
+    fp32_kernels = False  # half-precision CPU layers in fp32 kernels (set by optimize(fp32_kernels=True))
 
     @property
     def tiled_decode_above(self) -> int | None:
@@ -132,6 +133,7 @@ class GenPerceptPipeline:
         cuda_graphs: bool = False,
         compile_backend: str = "inductor",
         winograd: bool = False,
+        fp32_kernels: bool = False,
     ) -> GenPerceptPipeline:
         """Switch fast-path options on in place; returns self. Measured by `genpercept bench-speed`.
 
@@ -143,10 +145,15 @@ class GenPerceptPipeline:
         tiled_decode_above: decode images with more pixels than this tile by tile (bounded memory).
         winograd: fp32 3x3 convolutions on large CPU feature maps by Winograd (`runtime.winograd`; not
         bit-exact: ~1e-5 of the output scale); off where NNPACK is missing, and under `compile`.
+        fp32_kernels: a bf16/fp16 model's convolutions and linear layers multiply in fp32 CPU kernels
+        (`runtime.fp32_kernels`: the same products and fp32 sums, faster on CPUs without AMX); off for
+        fp32 models, on CUDA and under `compile`.
         """
+        from .runtime.fp32_kernels import HALF
         from .runtime.winograd import winograd_available
 
         self.winograd = winograd and not compile and winograd_available()
+        self.fp32_kernels = fp32_kernels and not compile and self.device.type == "cpu" and self.dtype in HALF
         self.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         self.tiled_decode_above = tiled_decode_above
         if cuda_graphs and not (compile and self.device.type == "cuda"):
@@ -164,11 +171,18 @@ class GenPerceptPipeline:
             self.batch_buckets, self.cuda_graphs = True, cuda_graphs
         return self
 
-    def convolutions(self):
-        """The context the model runs in: Winograd convolutions where `optimize(winograd=True)` asked."""
+    def convolutions(self) -> contextlib.ExitStack:
+        """The context the model runs in: the kernels `optimize` chose for its convolutions and linear
+        layers (fp32 kernels for a half-precision model, then Winograd for the large fp32 3x3 ones)."""
+        from .runtime.fp32_kernels import fp32_kernels
         from .runtime.winograd import winograd_convolutions
 
-        return winograd_convolutions() if self.winograd else contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        if self.winograd:
+            stack.enter_context(winograd_convolutions())
+        if self.fp32_kernels:  # entered last, so it sees each call first and hands fp32 calls on
+            stack.enter_context(fp32_kernels())
+        return stack
 
     # -- batches -------------------------------------------------------------------------------
     @torch.inference_mode()

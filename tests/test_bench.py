@@ -24,6 +24,7 @@ from benchmarks.speed import (
 from genpercept_cli.cli import app
 from genpercept_cli.errors import GenPerceptError
 from genpercept_cli.pipeline import GenPerceptPipeline
+from genpercept_cli.runtime import device as device_module
 from genpercept_cli.runtime.device import measured_fast_path
 from genpercept_cli.runtime.winograd import winograd_available
 
@@ -195,7 +196,9 @@ def test_tiled_decode_triggers_only_above_the_threshold(checkpoint_root, monkeyp
     assert used == [(1, 4, 8, 9)]
 
 
-def test_measured_fast_path_keeps_only_measured_winners():
+def test_measured_fast_path_keeps_only_measured_winners(monkeypatch):
+    # on a CPU with AMX; without it bf16 takes fp32 kernels instead (tests/test_fp32_kernels.py)
+    monkeypatch.setattr(device_module, "native_half_kernels", lambda dtype: True)
     assert measured_fast_path("cpu", torch.bfloat16) == {"channels_last": True}
     assert measured_fast_path("cpu", torch.float32) == {}  # channels-last within noise; Winograd not exact
     assert measured_fast_path("cuda", torch.float16) == {}  # not measured in this repository yet
@@ -293,4 +296,17 @@ def test_bench_speed_measures_the_peer_beside_us(tmp_path, marigold_importable):
     # Winograd is how our pipeline runs the modules; the peer calls them itself
     assert one_step["optimizations"]["winograd"] is winograd_available()
     assert peer["optimizations"]["winograd"] is False
+    assert one_step["optimizations"]["fp32_kernels"] is peer["optimizations"]["fp32_kernels"] is False  # fp32
     assert report["environment"]["allocator"]["mode"] in ("tuned", "system")
+
+
+def test_bench_speed_runs_the_peer_on_native_half_kernels(tmp_path, marigold_importable):
+    """bf16 with --fp32-kernels: our forward takes them, the peer calls the same modules natively."""
+    if not _diffusers_has_marigold():
+        pytest.skip("diffusers has no MarigoldDepthPipeline here (test_bench_speed_measures_the_peer_beside_us "
+                    "checks the message)")
+    report = _bench(tmp_path, "--dtype", "bf16", "--protocol", "genpercept", "--protocol", "diffusers",
+                    "--repeats", "1", "--fp32-kernels")
+    one_step, peer = report["runs"]
+    assert one_step["dtype"] == peer["dtype"] == "bfloat16"
+    assert one_step["optimizations"]["fp32_kernels"] is True and peer["optimizations"]["fp32_kernels"] is False

@@ -122,6 +122,7 @@ class BenchConfig:
     cuda_graphs: bool = False
     channels_last: bool | None = None  # None: pipeline.measured_fast_path for the device and dtype
     winograd: bool | None = None  # None: as measured (runtime.device.MEASURED_FAST_PATH)
+    fp32_kernels: bool | None = None  # None: as measured (runtime.device.FP32_KERNELS_FAST_PATH)
     overlap_io: bool = True
     tiled_decode_above: int | None = None
     attention: str = "sdpa"
@@ -198,6 +199,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     measured = measured_fast_path(device, pipe.dtype)
     channels_last = measured.get("channels_last", False) if cfg.channels_last is None else cfg.channels_last
     winograd = measured.get("winograd", False) if cfg.winograd is None else cfg.winograd
+    fp32_kernels = measured.get("fp32_kernels", False) if cfg.fp32_kernels is None else cfg.fp32_kernels
     n_images = cfg.num_images or cfg.batch_size
     side = cfg.input_size if cfg.input_size is not None else (cfg.resolution * 3) // 2
     clock, memory = StageClock(device), PeakMemory(device)
@@ -218,6 +220,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         for p in order:
             if p.name != "reference" and not optimized:
                 pipe.optimize(channels_last=channels_last, compile=cfg.compile, winograd=winograd,
+                              fp32_kernels=fp32_kernels,
                               tiled_decode_above=cfg.tiled_decode_above, cuda_graphs=cfg.cuda_graphs)
                 optimized = True
             repeats = p.repeats or cfg.repeats
@@ -271,14 +274,15 @@ def _run_protocol(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_i
 
 
 def _switches(p: Protocol, pipe, cfg: BenchConfig, channels_last: bool) -> dict:
-    """The switches a protocol ran with. Winograd is how our pipeline runs the modules (a mode around its
-    forward), so the diffusers peer, which calls the modules itself, runs without it."""
+    """The switches a protocol ran with. Winograd and fp32 kernels are how our pipeline runs the modules
+    (modes around its forward), so the diffusers peer, which calls the modules itself, runs without them."""
     if p.name == "reference":
         return {"batch_size_1": True, "channels_last": False, "compile": False, "overlap_io": False,
-                "empty_cache_per_image": True, "winograd": False}
+                "empty_cache_per_image": True, "winograd": False, "fp32_kernels": False}
+    ours = p.name != "diffusers"
     return {"channels_last": channels_last, "compile": cfg.compile, "cuda_graphs": cfg.cuda_graphs,
             "overlap_io": cfg.overlap_io, "tiled_decode_above": cfg.tiled_decode_above,
-            "winograd": pipe.winograd and p.name != "diffusers"}
+            "winograd": pipe.winograd and ours, "fp32_kernels": pipe.fp32_kernels and ours}
 
 
 # -- the report -----------------------------------------------------------------------------------

@@ -38,6 +38,9 @@ def bench_speed(
     winograd: bool | None = typer.Option(
         None, "--winograd/--no-winograd",
         help="Large fp32 CPU convolutions by Winograd, not bit-exact (default: off unless GENPERCEPT_WINOGRAD=on)."),
+    fp32_kernels: bool | None = typer.Option(
+        None, "--fp32-kernels/--no-fp32-kernels",
+        help="bf16/fp16 CPU layers multiply in fp32 kernels (default: on for bf16 where the CPU has no AMX)."),
     overlap_io: bool = typer.Option(
         True, "--overlap-io/--no-overlap-io", help="Read and write images in threads beside compute."),
     tile_above: float = typer.Option(
@@ -65,7 +68,8 @@ def bench_speed(
         random_weights=random_weights, checkpoint=checkpoint, model_size=model_size, head=head,
         protocols=parse_protocols(protocol, steps, ensemble), resolution=resolution, input_size=input_size,
         batch_size=batch_size, num_images=num_images, dtype=dtype, device=rank_device(device, dist), compile=compile,
-        cuda_graphs=cuda_graphs, channels_last=channels_last, winograd=winograd, overlap_io=overlap_io,
+        cuda_graphs=cuda_graphs, channels_last=channels_last, winograd=winograd, fp32_kernels=fp32_kernels,
+        overlap_io=overlap_io,
         tiled_decode_above=int(tile_above * 1e6) if tile_above > 0 else None,
         attention=attention, warmup=warmup, repeats=repeats, seed=seed,
     ).validate()
