@@ -40,7 +40,7 @@ def bench_speed(
         help="Large fp32 CPU convolutions by Winograd, not bit-exact (default: off unless GENPERCEPT_WINOGRAD=on)."),
     fp32_kernels: bool | None = typer.Option(
         None, "--fp32-kernels/--no-fp32-kernels",
-        help="bf16/fp16 CPU layers multiply in fp32 kernels (default: on for bf16 where the CPU has no AMX)."),
+        help="bf16/fp16 CPU layers multiply in fp32 kernels (default: on where the CPU has no AMX for the dtype)."),
     overlap_io: bool = typer.Option(
         True, "--overlap-io/--no-overlap-io", help="Read and write images in threads beside compute."),
     tile_above: float = typer.Option(
