@@ -301,12 +301,13 @@ def test_bench_speed_measures_the_peer_beside_us(tmp_path, marigold_importable):
 
 
 def test_bench_speed_runs_the_peer_on_native_half_kernels(tmp_path, marigold_importable):
-    """bf16 with --fp32-kernels: our forward takes them, the peer calls the same modules natively."""
-    if not _diffusers_has_marigold():
-        pytest.skip("diffusers has no MarigoldDepthPipeline here (test_bench_speed_measures_the_peer_beside_us "
-                    "checks the message)")
-    report = _bench(tmp_path, "--dtype", "bf16", "--protocol", "genpercept", "--protocol", "diffusers",
-                    "--repeats", "1", "--fp32-kernels")
-    one_step, peer = report["runs"]
-    assert one_step["dtype"] == peer["dtype"] == "bfloat16"
-    assert one_step["optimizations"]["fp32_kernels"] is True and peer["optimizations"]["fp32_kernels"] is False
+    """bf16 with --fp32-kernels: our forward takes them; the reference loop and the peer (where this
+    diffusers has it) call the same modules natively."""
+    others = ["reference"] + (["diffusers"] if _diffusers_has_marigold() else [])
+    protocols = [a for name in ["genpercept", *others] for a in ("--protocol", name)]
+    report = _bench(tmp_path, "--dtype", "bf16", *protocols, "--repeats", "1", "--fp32-kernels")
+    one_step, *rest = report["runs"]
+    assert [r["protocol"] for r in rest] == others and len(rest) >= 1
+    assert {r["dtype"] for r in report["runs"]} == {"bfloat16"}
+    assert one_step["optimizations"]["fp32_kernels"] is True
+    assert all(r["optimizations"]["fp32_kernels"] is False for r in rest)

@@ -41,6 +41,11 @@ def native_half_kernels(dtype: torch.dtype) -> bool:
     return True if check is None else bool(check())  # a torch without the probe: leave the kernels alone
 
 
+def _rows(func, x: torch.Tensor) -> int:
+    """Pixels (conv2d, of the input) or tokens (linear) the layer is applied to, batch included."""
+    return x.numel() // max(x.shape[1 if func is F.conv2d else -1], 1)
+
+
 def _layer_args(input, weight, bias=None, *rest, **options):
     return input, weight, bias, rest, options
 
@@ -58,8 +63,8 @@ class fp32_kernels(TorchFunctionMode):  # noqa: N801 - used as a context manager
         kwargs = kwargs or {}
         if func in LAYERS:
             x, weight, bias, rest, options = _layer_args(*args, **kwargs)
-            rows = x.numel() // max(x.shape[1 if func is F.conv2d else -1], 1)  # pixels or tokens, batch included
-            if x.device.type == "cpu" and x.dtype in HALF and weight.dtype == x.dtype and rows >= self.min_rows:
+            if (x.device.type == "cpu" and x.dtype in HALF and weight.dtype == x.dtype
+                    and _rows(func, x) >= self.min_rows):
                 self.calls += 1
                 bias = None if bias is None else bias.float()
                 return func(x.float(), weight.float(), bias, *rest, **options).to(x.dtype)
