@@ -37,8 +37,33 @@ def test_disparity_variant_puts_near_at_one_and_skips_invalid_pixels():
     depth = np.array([[1.0, 2.0, 4.0, 0.0]])
     valid = targets.depth_valid(depth)
     out = targets.normalize_depth(depth, valid, 0.0, disparity=True)  # 1/d = 1, 0.5, 0.25
-    assert out.tolist() == [[1.0, pytest.approx((0.5 - 0.25) / 0.75 * 2 - 1), -1.0, 0.0]]
+    assert out.tolist() == [[1.0, pytest.approx((0.5 - 0.25) / 0.75 * 2 - 1), -1.0, -1.0]]
     assert valid.tolist() == [[True, True, True, False]]
+
+
+def test_disparity_is_min_maxed_over_the_valid_pixels_whatever_the_quantile():
+    # The reference normalises 1/d between the depth quantiles, then min-maxes the map again (invalid pixels
+    # set to its minimum first): the extremes of the valid disparity land on -1 and 1.
+    depth = np.array([[1.0, 2.0, 4.0, 8.0, 0.0]])
+    out = targets.normalize_depth(depth, targets.depth_valid(depth), 0.2, disparity=True)
+    inv = np.array([1.0, 0.5, 0.25, 0.125])
+    assert np.allclose(out[0, :4], (inv - 0.125) / 0.875 * 2 - 1) and out[0, 4] == -1.0
+
+
+def test_invalid_depth_pixels_take_the_reference_latent_target_value():
+    # Holes (0) are nearer than the near quantile: -1; beyond the valid range (sky) past the far one: 1.
+    depth = np.array([[0.0, 1.0, 2.0, 3.0, 700.0, np.nan]])
+    valid = targets.depth_valid(depth, (1e-5, 80.0))
+    out = targets.normalize_depth(depth, valid, 0.0)
+    assert valid.tolist() == [[False, True, True, True, False, False]]
+    assert out.tolist() == [[-1.0, -1.0, 0.0, 1.0, 1.0, -1.0]]
+
+
+def test_valid_depth_ranges_are_the_reference_datasets():
+    assert targets.depth_valid(np.array([1e-5, 2e-5, 64.9, 65.0]), HypersimSource.DEPTH_RANGE).tolist() == [
+        False, True, True, False]
+    assert targets.depth_valid(np.array([79.9, 80.0]), VKITTISource.DEPTH_RANGE).tolist() == [True, False]
+    assert FolderSource.DEPTH_RANGE == (0.0, 1e8)
 
 
 def test_normals_become_unit_vectors_and_short_ones_are_holes():
@@ -53,10 +78,13 @@ def test_alpha_replicated_to_three_channels_in_minus_one_one():
 
 
 def test_seg_ids_become_palette_colours():
-    out = targets.seg_to_target(np.array([[3, -1]]))
-    assert np.allclose(out[0, 0], NYU40_PALETTE[3] / 255 * 2 - 1) and np.allclose(out[0, 1], -1.0)
+    out = targets.seg_to_target(np.array([[4, -1]]))  # black and a colour holding 255: c / 255 * 2 - 1
+    assert np.allclose(out[0, 0], NYU40_PALETTE[4] / 255 * 2 - 1) and np.allclose(out[0, 1], -1.0)
     colours = np.array([[[255, 0, 127]]], np.uint8)  # a colour map as stored is taken as is
     assert np.allclose(targets.seg_to_target(colours)[0, 0], [1.0, -1.0, 127 / 255 * 2 - 1])
+    # The reference min-maxes each map: one without 0 or 255 is stretched to [-1, 1]
+    stretched = targets.seg_to_target(np.array([[3, 3]]))[0, 0]  # (31, 119, 180)
+    assert np.allclose(stretched, (NYU40_PALETTE[3] - 31) / (180 - 31) * 2 - 1)
 
 
 def test_flip_negates_normal_x_only():
@@ -94,8 +122,21 @@ def test_folder_reads_16bit_depth_png_resizes_and_masks_holes(tmp_path):
     sample = source.load(0)
     assert sample.rgb.shape == (3, 8, 12) and torch.allclose(sample.rgb, torch.tensor(100 / 127.5 - 1))
     assert not sample.mask[0, 0, 0] and sample.mask.sum() == 95
-    assert sample.target[0, 0, 0] == 0 and sample.target[:, 1, 0].tolist() == [-1.0] * 3
+    assert sample.target[0, 0, 0] == -1 and sample.target[:, 1, 0].tolist() == [-1.0] * 3  # the hole: near
     assert sample.target[0, 1, 11] == 1.0  # 12000 is the largest depth
+
+
+def test_folder_depth_range_masks_depth_outside_it(tmp_path):
+    depth = np.tile(np.arange(1, 13, dtype=np.float32), (8, 1))  # 1..12 m along each row
+
+    def write(stem):
+        np.save(str(stem) + ".npy", depth)
+
+    root = _folder(tmp_path, {"a": ("depth", write)})
+    assert make_source("folder", root, "depth", (8, 12), 0.0).load(0).mask.all()
+    sample = make_source("folder", root, "depth", (8, 12), 0.0, depth_range=(1.0, 10.0)).load(0)  # NYU-like
+    assert sample.mask[0, 0].tolist() == [False] + [True] * 8 + [False] * 3
+    assert sample.target[0, 0, 0] == -1.0 and sample.target[0, 0, 11] == 1.0  # near hole, far beyond
 
 
 def test_folder_reads_normal_png_and_matting_npy(tmp_path):
@@ -109,8 +150,10 @@ def test_folder_reads_normal_png_and_matting_npy(tmp_path):
     n = FolderSource(_folder(tmp_path / "n", {"a": ("normal", write)}), "normal", (8, 12)).load(0)
     expected = torch.nn.functional.normalize(torch.tensor([32768 / 65535 * 2 - 1, -1.0, 1.0]), dim=0)
     assert torch.allclose(n.target[:, 3, 3], expected, atol=1e-6)
-    target, valid = label_target("matting", np.array([[0.5, 1.0]], np.float32), 0.02)
-    assert np.allclose(target[0, 0], 0.0) and valid.all()
+    target, valid = label_target("matting", np.array([[0.0, 0.5, 1.0]], np.float32), 0.02)
+    assert np.allclose(target[0, 1], 0.0) and valid.all()
+    target, _ = label_target("matting", np.array([[128, 255]], np.uint8), 0.02)  # min-maxed, as the reference
+    assert np.allclose(target[0], [[-1.0] * 3, [1.0] * 3])
 
 
 def test_folder_refuses_an_image_without_label(tmp_path):
@@ -185,9 +228,13 @@ def test_config_file_and_overrides(tmp_path):
     ('data.sources=[{path="a", size=[9, 16]}]', r"data.sources\[0\].size must be"),
     ('data.sources=[{path="a", kind="nyu"}]', r"data.sources\[0\].kind must be one of folder, vkitti, hypersim"),
     ("nonsense", "--set takes key=value"),
+    ('data.sources=[{path="a", depth_range=[80, 1e-5]}]', r"data.sources\[0\].depth_range must be \[min, max\]"),
+    ('loss.reduction="pixels"', "loss.reduction must be one of batch, sample"),
+    ('loss.gradient_directions="x"', "loss.gradient_directions one of vertical, both"),
+    ("loss.pixel_mse=0", "every term of the depth task has weight 0"),
 ])
 def test_config_refuses_bad_values_in_one_sentence(override, message):
-    base = ['model.unet="u"', 'model.vae="v"', 'data.sources=[{path="a"}]']
+    base = ['model.unet="u"', 'model.vae="v"', 'data.sources=[{path="a"}]', "loss.ssi=0", "loss.gradient=0"]
     with pytest.raises(ConfigError, match=message):
         load_config(None, [*base, override])
 
@@ -243,6 +290,8 @@ def test_hypersim_normals_face_the_camera_and_seg_ids_become_colours(tmp_path):
     n = HypersimSource(tmp_path, "normal", (8, 16)).load(0)
     assert torch.allclose(n.target[2], torch.ones(8, 16))
     seg = HypersimSource(tmp_path, "seg", (8, 16)).load(0)
-    assert torch.allclose(seg.target[:, 0, 0], torch.from_numpy(NYU40_PALETTE[5] / 255 * 2 - 1).float())
+    colour = NYU40_PALETTE[5].astype(np.float64)  # one class: min-maxed over the map's values
+    expected = (colour - colour.min()) / (colour.max() - colour.min()) * 2 - 1
+    assert torch.allclose(seg.target[:, 0, 0], torch.from_numpy(expected).float())
     with pytest.raises(DataError, match="no Hypersim frames with depth_meters"):
         HypersimSource(tmp_path, "depth", (8, 16))

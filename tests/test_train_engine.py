@@ -40,8 +40,8 @@ def losses(run: Path) -> dict[int, float]:
 
 def test_tiny_model_overfits_four_samples(tmp_path, data):
     # The latent term alone (fixed t): the loss must fall at least 10x within 12 steps.
-    cfg = tiny_config(tmp_path, data, "steps=12", "optim.lr=3e-3", "model.timestep=1", "loss.pixel_mse=0",
-                      "loss.ssi=0", "loss.gradient=0", "optim.batch_size=4")
+    cfg = tiny_config(tmp_path, data, "steps=12", "optim.lr=3e-3", "model.timestep=1", "loss.latent_mse=1",
+                      "loss.pixel_mse=0", "loss.ssi=0", "loss.gradient=0", "optim.batch_size=4")
     records = Trainer(cfg).fit()
     curve = [r.loss for r in records]
     assert len(curve) == 12 and curve[-1] < curve[0] / 10, curve

@@ -54,7 +54,7 @@ def test_only_the_adapters_train_and_the_base_stays_unchanged(tmp_path, data):
 def test_lora_loss_falls(tmp_path, data):
     # Latent term only, fixed t, rank 4: the loss falls at least 5x within 20 steps.
     cfg = tiny_config(tmp_path, data, "model.lora_rank=4", "steps=20", "optim.lr=3e-3", "model.timestep=1",
-                      "loss.pixel_mse=0", "loss.ssi=0", "loss.gradient=0", "optim.batch_size=4")
+                      "loss.latent_mse=1", "loss.pixel_mse=0", "loss.ssi=0", "loss.gradient=0", "optim.batch_size=4")
     curve = [r.loss for r in Trainer(cfg).fit()]
     assert len(curve) == 20 and curve[-1] < curve[0] / 5, curve
 

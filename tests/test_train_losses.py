@@ -23,6 +23,11 @@ def row(*values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).view(1, 1, 1, -1)
 
 
+def col(*values) -> torch.Tensor:
+    """A [1, 1, H, 1] map."""
+    return torch.tensor(values, dtype=torch.float32).view(1, 1, -1, 1)
+
+
 def test_pixel_mse_averages_valid_pixels_only():
     pred, target = row(1.0, 2.0, 5.0), row(0.0, 0.0, 0.0)
     mask = row(1, 1, 0).bool()
@@ -50,32 +55,48 @@ def test_ssi_is_zero_for_a_known_scale_and_shift_and_ignores_invalid_pixels():
     assert torch.allclose(ssi_loss(pred, target, mask), torch.zeros(2), atol=1e-5)
 
 
-def test_ssi_of_a_constant_prediction_falls_back_to_the_mean():
+def test_ssi_of_a_constant_prediction_falls_back_to_median_scaling():
+    # s = 0: p + 2 = 3 everywhere, g + 2 = [2, 3, 7] (median 3): scale 3/3, residuals [1, 0, 4]
     pred, target, mask = row(1.0, 1.0, 1.0), row(0.0, 1.0, 5.0), row(1, 1, 1).bool()
     scale, shift = align_scale_shift(pred, target, mask)
     assert scale.item() == 0.0 and shift.item() == pytest.approx(2.0)
-    assert ssi_loss(pred, target, mask).item() == pytest.approx((2 + 1 + 3) / 3)
+    assert ssi_loss(pred, target, mask).item() == pytest.approx((1 + 0 + 4) / 3)
+
+
+def test_ssi_with_a_negative_scale_uses_the_lower_median():
+    # p = [0, 1, 2, 3], g = [3, 2, 1, 0]: s = −1 < 0. p + 2 = [2, 3, 4, 5], g + 2 = [5, 4, 3, 2]: the lower
+    # medians (torch's, the reference's) are 3 and 3, scale 1: residuals |p + 2 − (g + 2)| = [3, 1, 1, 3]
+    pred, target, mask = row(0.0, 1.0, 2.0, 3.0), row(3.0, 2.0, 1.0, 0.0), row(1, 1, 1, 1).bool()
+    assert align_scale_shift(pred, target, mask)[0].item() == pytest.approx(-1.0)
+    assert ssi_loss(pred, target, mask).item() == pytest.approx(2.0)
 
 
 def test_gradient_matching_by_hand():
-    # r = p − g = [0, 1, 3]: |1 − 0| + |3 − 1| = 3 over 3 valid pixels
-    pred, target = row(0.0, 2.0, 5.0), row(0.0, 1.0, 2.0)
-    assert gradient_loss(pred, target, row(1, 1, 1).bool()).item() == pytest.approx(1.0)
+    # r = p − g = [0, 1, 3] down a column: |1 − 0| + |3 − 1| = 3 over 3 valid pixels
+    pred, target = col(0.0, 2.0, 5.0), col(0.0, 1.0, 2.0)
+    assert gradient_loss(pred, target, col(1, 1, 1).bool()).item() == pytest.approx(1.0)
     # last pixel invalid: only the pair (0, 1) counts, over 2 valid pixels
-    assert gradient_loss(pred, target, row(1, 1, 0).bool()).item() == pytest.approx(0.5)
+    assert gradient_loss(pred, target, col(1, 1, 0).bool()).item() == pytest.approx(0.5)
 
 
 def test_gradient_matching_sums_scales():
-    # r = [0, 1, 3, 6] on 1x4. Scale 1: (1 + 2 + 3)/4 = 1.5. Scale 2 (every 2nd pixel): r = [0, 3] -> 3/2 = 1.5
-    pred, target = row(0.0, 1.0, 3.0, 6.0), row(0.0, 0.0, 0.0, 0.0)
-    mask = row(1, 1, 1, 1).bool()
+    # r = [0, 1, 3, 6] down a column. Scale 1: (1 + 2 + 3)/4 = 1.5. Scale 2 (every 2nd row): [0, 3] -> 3/2
+    pred, target, mask = col(0.0, 1.0, 3.0, 6.0), col(0.0, 0.0, 0.0, 0.0), col(1, 1, 1, 1).bool()
     assert gradient_loss(pred, target, mask, scales=1).item() == pytest.approx(1.5)
     assert gradient_loss(pred, target, mask, scales=2).item() == pytest.approx(3.0)
 
 
-def test_gradient_matching_sees_vertical_differences():
-    pred = torch.tensor([[0.0], [2.0]]).view(1, 1, 2, 1)  # r = [0, 2] down a column: 2 over 2 pixels
-    assert gradient_loss(pred, torch.zeros_like(pred), torch.ones_like(pred, dtype=torch.bool)).item() == 1.0
+def test_gradient_matching_is_vertical_only_by_default_and_both_ways_as_an_option():
+    # The release counts only differences along the height; "both" adds the horizontal pairs (and
+    # subsamples columns too at coarser scales). r = [0, 1, 3, 6] along a row:
+    pred, target, mask = row(0.0, 1.0, 3.0, 6.0), row(0.0, 0.0, 0.0, 0.0), row(1, 1, 1, 1).bool()
+    assert gradient_loss(pred, target, mask).item() == 0.0
+    assert gradient_loss(pred, target, mask, directions="both").item() == pytest.approx(1.5)
+    assert gradient_loss(pred, target, mask, scales=2, directions="both").item() == pytest.approx(3.0)
+    square = torch.tensor([[0.0, 1.0], [2.0, 4.0]]).view(1, 1, 2, 2)  # vertical |2| + |3|, horizontal |1| + |2|
+    ones = torch.ones_like(square, dtype=torch.bool)
+    assert gradient_loss(square, torch.zeros_like(square), ones).item() == pytest.approx(5 / 4)
+    assert gradient_loss(square, torch.zeros_like(square), ones, directions="both").item() == pytest.approx(8 / 4)
 
 
 def test_angular_loss_by_hand():
@@ -101,13 +122,19 @@ def test_latent_mse_drops_cells_over_invalid_pixels():
     assert latent_mse(pred, target, mask).item() == pytest.approx(1.0)
 
 
-def test_losses_are_per_sample_so_batches_split_exactly():
+def test_batch_reduction_pools_valid_pixels_and_sample_reduction_splits_exactly():
     gen = torch.Generator().manual_seed(1)
     pred, target = torch.randn(4, 1, 6, 6, generator=gen), torch.randn(4, 1, 6, 6, generator=gen)
     mask = torch.rand(4, 1, 6, 6, generator=gen) > 0.2
+    mask[0, 0, :3] = False  # valid counts differ
+    pooled = ((pred - target) ** 2)[mask].mean()
+    assert pixel_mse(pred, target, mask).shape == (4,)
+    assert pixel_mse(pred, target, mask).mean().item() == pytest.approx(pooled.item(), rel=1e-6)
+    assert pixel_mse(pred, target, mask, reduction="sample").mean().item() != pytest.approx(pooled.item(), rel=1e-3)
     for fn in (pixel_mse, ssi_loss, gradient_loss):
-        whole = fn(pred, target, mask)
-        parts = torch.cat([fn(pred[:2], target[:2], mask[:2]), fn(pred[2:], target[2:], mask[2:])])
+        whole = fn(pred, target, mask, reduction="sample")
+        parts = torch.cat([fn(p, t, m, reduction="sample") for p, t, m in
+                           ((pred[:2], target[:2], mask[:2]), (pred[2:], target[2:], mask[2:]))])
         assert whole.shape == (4,) and torch.allclose(whole, parts)
 
 
@@ -127,7 +154,7 @@ def test_task_loss_terms_and_weights():
 
 
 def test_lr_warms_up_linearly_then_decays_exponentially():
-    assert lr_factor(0, warmup=4, decay_steps=100, final_ratio=0.01) == pytest.approx(0.25 * 0.01 ** 0.0)
-    assert lr_factor(3, warmup=4, decay_steps=100, final_ratio=0.01) == pytest.approx(0.01 ** 0.03)
-    assert lr_factor(50, warmup=4, decay_steps=100, final_ratio=0.01) == pytest.approx(0.1)
+    assert lr_factor(0, warmup=4, decay_steps=100, final_ratio=0.01) == 0.0
+    assert lr_factor(3, warmup=4, decay_steps=100, final_ratio=0.01) == pytest.approx(0.75)
+    assert lr_factor(52, warmup=4, decay_steps=100, final_ratio=0.01) == pytest.approx(0.1)  # (52 − 4)/(100 − 4)
     assert lr_factor(500, warmup=0, decay_steps=100, final_ratio=0.01) == pytest.approx(0.01)

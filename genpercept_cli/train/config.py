@@ -18,7 +18,13 @@ from ..errors import GenPerceptError
 
 TRAIN_TASKS = ("depth", "disparity", "normal", "dis", "matting", "seg")
 SOURCE_KINDS = ("folder", "vkitti", "hypersim")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+_DEPTH_TERMS = ("pixel_mse", "ssi", "gradient")
+# The image-level loss terms each task trains (train.losses.task_loss); loss.latent_mse applies to all
+TASK_TERMS = {"depth": _DEPTH_TERMS, "disparity": _DEPTH_TERMS, "normal": ("angular",), "dis": ("pixel_mse",),
+              "matting": ("pixel_mse",), "seg": ("pixel_mse",)}
+REDUCTIONS = ("batch", "sample")  # train.losses: pooled over the micro-batch's valid pixels, or per sample
+GRADIENT_DIRECTIONS = ("vertical", "both")  # train.losses.gradient_loss
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: fp16 on CUDA (the release's scripts), no on the CPU
 TRACKERS = ("tensorboard", "wandb")
 DPT_TASKS = ("depth", "disparity")  # the DPT head predicts one channel (the release: disparity)
 DPT_MULTIPLE = 32  # image sides for which the DPT head's native output has the image's size
@@ -49,6 +55,8 @@ class SourceConfig:
     path: str = ""
     ratio: float = 1.0  # share of micro-batches drawn from this source (normalised over sources)
     size: list[int] = field(default_factory=list)  # [height, width] of this source's samples; [] = data.size
+    depth_range: list[float] = field(default_factory=list)  # [min, max] valid depth (exclusive, the label's
+    # unit); [] = the kind's, the reference's per dataset: hypersim [1e-5, 65], vkitti [1e-5, 80], folder [0, 1e8]
 
 
 @dataclass
@@ -61,20 +69,22 @@ class DataConfig:
 
 
 @dataclass
-class LossConfig:  # weights; 0 switches a term off. Defaults: the paper's (latent MSE on, per the issue)
-    latent_mse: float = 1.0
-    pixel_mse: float = 1.0
+class LossConfig:  # weights (0 switches a term off) and forms; defaults: the released configurations' (README)
+    latent_mse: float = 0.0  # the release trains without it (its "with_latent_loss" variants: 1)
+    pixel_mse: float = 1.0  # all but normals
     ssi: float = 0.5  # depth/disparity only
     gradient: float = 2.0  # depth/disparity only
     gradient_scales: int = 1
+    gradient_directions: str = "vertical"  # vertical: the release's computation; both: also horizontal pairs
     angular: float = 1.0  # normals only (replaces pixel_mse there)
+    reduction: str = "batch"  # batch: mean over the micro-batch's valid pixels pooled (the release); sample
 
 
 @dataclass
 class OptimConfig:
     lr: float = 3e-5
     warmup_steps: int = 100
-    decay_steps: int = 25000  # exponential decay of the lr to final_ratio x lr over this many steps
+    decay_steps: int = 25000  # the lr decays exponentially from warmup_steps to final_ratio x lr at this step
     final_ratio: float = 0.01
     effective_batch: int = 32  # samples per optimiser step, over all processes
     batch_size: int = 4  # samples per forward pass on one process (gradient accumulation makes up the rest)
@@ -99,7 +109,7 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     steps: int = 30000  # optimiser steps
     seed: int = 2024
-    mixed_precision: str = "no"  # no, fp16, bf16 (accelerate's autocast)
+    mixed_precision: str = "auto"  # auto, no, fp16, bf16 (accelerate's autocast; `resolved_precision`)
     save_every: int = 3000
     keep_states: int = 1  # newest checkpoints that keep their optimiser state (resume needs 1); older keep weights
     log_every: int = 10
@@ -132,14 +142,25 @@ def _problems(cfg: TrainConfig):
             yield f"data.sources[{i}].kind must be one of {', '.join(SOURCE_KINDS)}, not {source.kind!r}."
         if not source.ratio > 0:
             yield f"data.sources[{i}].ratio must be positive, not {source.ratio}."
+        r = source.depth_range
+        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in r)
+        if r and (len(r) != 2 or not numbers or not r[0] < r[1]):
+            yield f"data.sources[{i}].depth_range must be [min, max] with min < max, not {r}."
     sizes = [("data.size", d.size)] + [(f"data.sources[{i}].size", s.size) for i, s in enumerate(d.sources) if s.size]
     for name, size in sizes:
         if len(size) != 2 or any(not isinstance(s, int) or s < 8 or s % 8 for s in size):
             yield f"{name} must be [height, width], multiples of 8 of at least 8 pixels, not {size}."
     if not 0 <= d.flip_p <= 1 or not 0 <= d.depth_quantile < 0.5 or d.workers < 0:
         yield "data.flip_p must be in [0, 1], data.depth_quantile in [0, 0.5) and data.workers >= 0."
-    if any(getattr(cfg.loss, f.name) < 0 for f in fields(cfg.loss)) or cfg.loss.gradient_scales < 1:
+    weights = [getattr(cfg.loss, f.name) for f in fields(cfg.loss) if f.type == "float"]
+    if any(w < 0 for w in weights) or cfg.loss.gradient_scales < 1:
         yield "loss weights must be >= 0 and loss.gradient_scales >= 1."
+    terms = ("latent_mse", *TASK_TERMS.get(m.task, ()))
+    if not any(getattr(cfg.loss, name) > 0 for name in terms):
+        yield f"loss: every term of the {m.task} task has weight 0 ({', '.join(terms)}): nothing would train."
+    if cfg.loss.reduction not in REDUCTIONS or cfg.loss.gradient_directions not in GRADIENT_DIRECTIONS:
+        yield (f"loss.reduction must be one of {', '.join(REDUCTIONS)} and loss.gradient_directions one of "
+               f"{', '.join(GRADIENT_DIRECTIONS)}, not {cfg.loss.reduction!r} and {cfg.loss.gradient_directions!r}.")
     if not o.lr > 0 or o.warmup_steps < 0 or o.decay_steps < 1 or not 0 < o.final_ratio <= 1:
         yield "optim.lr must be > 0, optim.warmup_steps >= 0, optim.decay_steps >= 1, optim.final_ratio in (0, 1]."
     if o.batch_size < 1 or o.effective_batch < 1:
@@ -170,6 +191,13 @@ def _model_problems(cfg: TrainConfig):
     for name, size in sizes:
         if any(isinstance(s, int) and s % DPT_MULTIPLE for s in size):
             yield f"{name} must be multiples of {DPT_MULTIPLE} with model.dpt_head (the head's output size): {size}."
+
+
+def resolved_precision(cfg: TrainConfig, cuda: bool) -> str:
+    """mixed_precision for accelerate: "auto" is fp16 on CUDA (the release's launch scripts), "no" on the CPU."""
+    if cfg.mixed_precision == "auto":
+        return "fp16" if cuda else "no"
+    return cfg.mixed_precision
 
 
 def check_world(cfg: TrainConfig, world: int) -> int:

@@ -5,7 +5,8 @@ Sources (`make_source`): a generic paired folder, Virtual KITTI 2 and Hypersim a
 Folder layout (one label folder per task; files paired by stem):
 
     root/rgb/<stem>.png|jpg|...            the image
-    root/depth/<stem>.npy|exr|png          depth and disparity tasks: depth in any unit, 0/NaN = invalid
+    root/depth/<stem>.npy|exr|png          depth and disparity tasks: depth in any unit, valid inside the
+                                           source's depth_range (default 0 < d < 1e8, the reference's)
     root/normal/<stem>.npy|exr|png         normals in [-1, 1] (PNG: p / peak · 2 − 1), x right, y up, z out
     root/mask/<stem>.png|npy               dis: foreground in [0, 1] (PNG / 255); DIS5K-TR's im/ + gt/ too
     root/alpha/<stem>.png|npy              matting: alpha in [0, 1]; P3M-10k's blurred_image/ + mask/ too
@@ -49,8 +50,12 @@ class Sample:
 class FolderSource:
     """A paired folder (module docstring) for one task; refuses a folder with unpaired or no images."""
 
-    def __init__(self, root: str | Path, task: str, size: tuple[int, int], quantile: float = 0.02):
+    DEPTH_RANGE = (0.0, 1e8)  # the reference's base dataset: any positive depth
+
+    def __init__(self, root: str | Path, task: str, size: tuple[int, int], quantile: float = 0.02,
+                 depth_range: tuple[float, float] | None = None):
         self.root, self.task, self.size, self.quantile = Path(root), task, tuple(size), quantile
+        self.depth_range = tuple(depth_range or self.DEPTH_RANGE)
         rgb_dir, label_dir = self._folder(IMAGE_FOLDERS), self._folder(LABEL_FOLDERS[task])
         self.images = sorted(p for p in rgb_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.images:
@@ -76,30 +81,34 @@ class FolderSource:
 
     def load(self, index: int) -> Sample:
         """Sample `index`, resized to `size`."""
-        target, valid = label_target(self.task, read_label(self.labels[index]), self.quantile)
+        target, valid = label_target(self.task, read_label(self.labels[index]), self.quantile, self.depth_range)
         return make_sample(read_rgb(self.images[index]), target, valid, self.size)
 
 
 def make_sample(rgb: np.ndarray, target: np.ndarray, valid: np.ndarray, size: tuple[int, int]) -> Sample:
     """uint8 [H, W, 3] image + normalised label [H, W] or [H, W, 3] + valid [H, W] -> a Sample at `size`
-    (image: the tool's uint8 resize; label and mask: nearest, so no invalid value leaks into a valid one)."""
+    (image: the tool's uint8 resize; label and mask: nearest, so no invalid value leaks into a valid one).
+    Invalid pixels keep the label's value there (depth: −1 or 1, `targets.normalize_depth`): the latent
+    target encodes them as the reference's does."""
     image = model_input(rgb, size)[0].float() / 127.5 - 1.0  # [3,h,w]
     label = F.interpolate(targets.to_tensor(target)[None], size=size, mode="nearest")[0]
     mask = F.interpolate(torch.from_numpy(valid)[None, None].float(), size=size, mode="nearest")[0] > 0
-    return Sample(image, label * mask, mask)
+    return Sample(image, label, mask)
 
 
 class VKITTISource:
     """Virtual KITTI 2 as published: <scene>/<variation>/frames/rgb/Camera_<k>/rgb_<n>.jpg beside
     .../frames/depth/Camera_<k>/depth_<n>.png (uint16 centimetres). Depth and disparity only; valid where
-    0 < d <= 80 m (the reference's range: farther is sky, stored as 655.35 m); both cropped to the KITTI
+    1e-5 < d < 80 m (the reference's range: farther is sky, stored as 655.35 m); both cropped to the KITTI
     benchmark window (the bottom 352 rows, the middle 1216 columns), as the reference does."""
 
-    MAX_DEPTH = 80.0
+    DEPTH_RANGE = (1e-5, 80.0)
     CROP = (352, 1216)
 
-    def __init__(self, root: str | Path, task: str, size: tuple[int, int], quantile: float = 0.02):
+    def __init__(self, root: str | Path, task: str, size: tuple[int, int], quantile: float = 0.02,
+                 depth_range: tuple[float, float] | None = None):
         self.root, self.task, self.size, self.quantile = Path(root), task, tuple(size), quantile
+        self.depth_range = tuple(depth_range or self.DEPTH_RANGE)
         if task not in ("depth", "disparity"):
             raise DataError(f"Virtual KITTI 2 trains depth or disparity, not {task}.")
         self.images = sorted(self.root.glob("*/*/frames/rgb/Camera_*/rgb_*.jpg"))
@@ -123,7 +132,7 @@ class VKITTISource:
         depth = depth if depth.ndim == 2 else depth[..., 0]
         window = _benchmark_window(*depth.shape, *self.CROP)  # crop first: the quantiles are the window's
         depth = depth[window]
-        valid = (depth > 0) & (depth <= self.MAX_DEPTH)
+        valid = targets.depth_valid(depth, self.depth_range)
         target = targets.normalize_depth(depth, valid, self.quantile, disparity=self.task == "disparity")
         return make_sample(read_rgb(self.images[index])[window], target, valid, self.size)
 
@@ -139,17 +148,19 @@ class HypersimSource:
     scene_cam_<k>_geometry_hdf5/frame.<n>.{depth_meters,normal_cam,semantic}.hdf5 (key "dataset").
 
     depth_meters is the distance to the optical centre: made planar with the focal length 886.81 px at
-    1024 px width (scaled with the width); valid where 0 < d <= 65 m (the reference's range). normal_cam is
+    1024 px width (scaled with the width); valid where 1e-5 < d < 65 m (the reference's range). normal_cam is
     in camera space (x right, y up, z toward the camera: our frame); normals facing away from the camera
     are negated. semantic holds NYU40 ids (-1 unlabeled). Frames without the task's file are left out.
     """
 
     LABELS = {"depth": "depth_meters", "disparity": "depth_meters", "normal": "normal_cam", "seg": "semantic"}
     FOCAL_AT_1024 = 886.81
-    MAX_DEPTH = 65.0
+    DEPTH_RANGE = (1e-5, 65.0)
 
-    def __init__(self, root: str | Path, task: str, size: tuple[int, int], quantile: float = 0.02):
+    def __init__(self, root: str | Path, task: str, size: tuple[int, int], quantile: float = 0.02,
+                 depth_range: tuple[float, float] | None = None):
         self.root, self.task, self.size, self.quantile = Path(root), task, tuple(size), quantile
+        self.depth_range = tuple(depth_range or self.DEPTH_RANGE)
         if task not in self.LABELS:
             raise DataError(f"Hypersim trains {', '.join(self.LABELS)}, not {task}.")
         frames = sorted(self.root.glob("*/images/*_final_preview/*.tonemap.jpg"))
@@ -175,7 +186,7 @@ class HypersimSource:
             target, valid = targets.unit_normals(_face_camera(label, self._focal(label.shape[1])))
         else:
             depth = _planar_depth(label, self._focal(label.shape[1]))
-            valid = targets.depth_valid(depth) & (depth <= self.MAX_DEPTH)
+            valid = targets.depth_valid(depth, self.depth_range)
             target = targets.normalize_depth(depth, valid, self.quantile, disparity=self.task == "disparity")
         return make_sample(read_rgb(self.images[index]), target, valid, self.size)
 
@@ -215,16 +226,19 @@ def _face_camera(normals: np.ndarray, focal: float) -> np.ndarray:
 SOURCES = {"folder": FolderSource, "vkitti": VKITTISource, "hypersim": HypersimSource}
 
 
-def make_source(kind: str, path: str | Path, task: str, size: tuple[int, int], quantile: float):
-    """The source of `kind` (config.SOURCE_KINDS) at `path`; refuses a missing or malformed layout."""
-    return SOURCES[kind](path, task, size, quantile)
+def make_source(kind: str, path: str | Path, task: str, size: tuple[int, int], quantile: float,
+                depth_range: tuple[float, float] | None = None):
+    """The source of `kind` (config.SOURCE_KINDS) at `path`; refuses a missing or malformed layout.
+    `depth_range` (min, max): valid depth, exclusive; None = the kind's (the reference's per dataset)."""
+    return SOURCES[kind](path, task, size, quantile, depth_range)
 
 
-def label_target(task: str, label: np.ndarray, quantile: float) -> tuple[np.ndarray, np.ndarray]:
+def label_target(task: str, label: np.ndarray, quantile: float,
+                 depth_range: tuple[float, float] = FolderSource.DEPTH_RANGE) -> tuple[np.ndarray, np.ndarray]:
     """A label array as read -> (float32 [H, W] or [H, W, 3] in [-1, 1], valid bool [H, W])."""
     if task in ("depth", "disparity"):
         depth = label if label.ndim == 2 else label[..., 0]
-        valid = targets.depth_valid(depth)
+        valid = targets.depth_valid(depth, depth_range)
         return targets.normalize_depth(depth, valid, quantile, disparity=task == "disparity"), valid
     if task == "normal":
         if label.dtype.kind in "ui":  # PNG: [0, peak] -> [-1, 1]
@@ -233,9 +247,7 @@ def label_target(task: str, label: np.ndarray, quantile: float) -> tuple[np.ndar
     if task == "seg":
         return targets.seg_to_target(label), np.ones(label.shape[:2], bool)
     alpha = label if label.ndim == 2 else label[..., 0]
-    if alpha.dtype.kind in "ui":
-        alpha = alpha.astype(np.float32) / np.iinfo(alpha.dtype).max
-    return targets.alpha_to_target(alpha), np.ones(alpha.shape, bool)
+    return targets.alpha_to_target(alpha), np.ones(alpha.shape, bool)  # min-maxed: PNG or [0, 1] alike
 
 
 def read_label(path: Path) -> np.ndarray:

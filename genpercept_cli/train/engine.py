@@ -8,7 +8,8 @@ whatever the split (tests/test_train_engine.py checks 2 processes against 1).
 
 The recipe (`recipe_loss`, paper §3-4): frozen VAE, trainable U-Net, input the RGB latent, t random in
 [0, 1000) or fixed, the empty-prompt embedding; the U-Net's output v gives x0 = −v (ᾱ = 0: GenPercept's
-schedule has every beta 1); latent MSE against the label's latent plus image-level losses on the decoded x0.
+schedule has every beta 1); image-level losses on the decoded x0 (and, with loss.latent_mse > 0, MSE against
+the label's latent), as the released configurations weight them (train.losses, README "Train").
 Options: model.dpt_head (U-Net features -> a DPT head trained in pixel space, `recipe_loss`) and
 model.lora_rank (adapters on the attention projections, base frozen, `train.lora`).
 """
@@ -34,7 +35,7 @@ from ..models import sd
 from ..models.one_step import OneStepModel, OneStepParams
 from . import data as train_data
 from . import export, lora
-from .config import NUM_TRAIN_TIMESTEPS, ConfigError, TrainConfig, check_world
+from .config import NUM_TRAIN_TIMESTEPS, TASK_TERMS, ConfigError, TrainConfig, check_world, resolved_precision
 from .losses import latent_mse, task_loss
 
 LOSS_FILE = "loss.jsonl"
@@ -128,7 +129,8 @@ def recipe_loss(model: OneStepModel, net, batch: dict, weights) -> tuple[torch.T
     pred = sd.to_x0(v, rgb_latent, 0.0, "v")  # −v
     terms = {}
     if weights.latent_mse > 0:
-        terms["latent_mse"] = weights.latent_mse * latent_mse(pred.float(), target_latent.float(), mask)
+        terms["latent_mse"] = weights.latent_mse * latent_mse(pred.float(), target_latent.float(), mask,
+                                                              weights.reduction)
     if _image_weights(model.task, weights):
         decoded = sd.decode(model.vae, pred, model.scale).float()  # [B,3,H,W]
         terms.update(task_loss(model.task, decoded, target, mask, weights))
@@ -137,16 +139,17 @@ def recipe_loss(model: OneStepModel, net, batch: dict, weights) -> tuple[torch.T
 
 def _image_weights(task: str, w) -> bool:
     """Whether any image-level term of `task` has a positive weight (else the decoder is skipped)."""
-    used = (w.angular,) if task == "normal" else (w.pixel_mse, w.ssi, w.gradient) if task in (
-        "depth", "disparity") else (w.pixel_mse,)
-    return any(x > 0 for x in used)
+    return any(getattr(w, name) > 0 for name in TASK_TERMS[task])
 
 
 def lr_factor(step: int, warmup: int, decay_steps: int, final_ratio: float) -> float:
-    """Linear warm-up over `warmup` steps, times exponential decay to `final_ratio` at `decay_steps`
-    (the reference's IterExponential): min(1, (s + 1)/warmup) · final_ratio^(min(s, decay)/decay)."""
-    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-    return warm * final_ratio ** (min(step, decay_steps) / decay_steps)
+    """The reference's IterExponential: s / warmup while s < warmup (the first step's lr is 0), then
+    final_ratio^((s − warmup)/(decay_steps − warmup)), final_ratio from step decay_steps on."""
+    if step < warmup:
+        return step / warmup
+    if step >= decay_steps:
+        return final_ratio
+    return final_ratio ** ((step - warmup) / (decay_steps - warmup))
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -180,13 +183,15 @@ class Trainer:
         check_trackers(cfg.trackers)
         if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError('mixed_precision = "fp16" needs a CUDA GPU; use "bf16" or "no" on the CPU.')
+        precision = resolved_precision(cfg, torch.cuda.is_available())
         # cpu=True without CUDA: accelerate then sets up gloo for several CPU processes instead of running each alone
-        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
+        self.acc = accelerator or Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),
                                               log_with=cfg.trackers or None, project_dir=str(self.run))
         self.micro_steps = check_world(cfg, self.acc.num_processes)
         self.pool = ThreadPoolExecutor(cfg.data.workers) if cfg.data.workers > 0 else None
         self.sources = [train_data.make_source(s.kind, s.path, cfg.model.task, tuple(s.size or cfg.data.size),
-                                               cfg.data.depth_quantile) for s in cfg.data.sources]
+                                               cfg.data.depth_quantile, s.depth_range or None)
+                        for s in cfg.data.sources]
         fixed = None if cfg.model.timestep == "random" else int(cfg.model.timestep)
         self.plan = train_data.BatchPlan([len(s) for s in self.sources], [s.ratio for s in cfg.data.sources],
                                          cfg.seed, cfg.data.flip_p, fixed)

@@ -1,10 +1,12 @@
 """Labels into the space the VAE encodes and the losses compare: float32 [3, H, W] in [-1, 1] + a valid mask.
 
-    depth / disparity   2% and 98% quantiles of the valid values -> -1 and 1, clipped (disparity = 1/depth
-                        first, so near is 1); replicated to 3 channels
+    depth               2% and 98% quantiles of the valid values -> -1 and 1, clipped; replicated to 3 channels
+    disparity           1/depth min-maxed over the valid values to [-1, 1] (near is 1); invalid -1
     normal              unit vectors (x right, y up, z toward the camera), valid where |n| > 0.5 as stored
-    dis / matting       alpha or mask in [0, 1] -> 2a - 1, replicated to 3 channels
-    seg                 NYU40 colours (from class ids, or a colour map as stored) -> c / 255 * 2 - 1
+    dis / matting       alpha or mask, min-maxed over the image to [-1, 1], replicated to 3 channels
+    seg                 NYU40 colours (from class ids, or a colour map as stored), min-maxed to [-1, 1]
+
+As the reference's datasets (GenPercept's base dataset and depth normalisers) compute them.
 """
 
 from __future__ import annotations
@@ -17,28 +19,39 @@ from ..palette import NYU40_PALETTE
 
 def normalize_depth(depth: np.ndarray, valid: np.ndarray, quantile: float = 0.02,
                     disparity: bool = False) -> np.ndarray:
-    """depth float [H, W] (any unit, > 0 where valid) -> float32 [H, W] in [-1, 1].
+    """depth float [H, W] (any unit, > 0 where valid) -> float32 [H, W] in [-1, 1], as the reference's
+    dataset normalisers compute it.
 
-    The values at the `quantile` and 1 − `quantile` quantiles of the valid pixels map to −1 and 1, linearly,
-    then clip; with `disparity`, 1/depth is normalised instead. Invalid pixels are 0. A map whose quantiles
-    coincide (flat) is 0 everywhere.
+    Depth: the values at the `quantile` and 1 − `quantile` quantiles of the valid pixels map to −1 and 1,
+    linearly, then clip, on every pixel: an invalid one nearer than the near quantile (0, a hole) is −1, one
+    beyond the far quantile (sky past the valid range) is 1; a non-finite one is −1. Disparity: 1/depth
+    min-maxed over the valid pixels to [−1, 1] (the reference's quantile step cancels in its second
+    min-max), invalid pixels −1. A map without valid pixels, or flat, is −1 where invalid and 0 elsewhere.
     """
     values = np.asarray(depth, np.float64)
-    if disparity:
-        values = np.where(valid, 1.0 / np.where(valid, values, 1.0), 0.0)
     out = np.zeros(values.shape, np.float32)
     if not valid.any():
+        out[:] = -1.0
+        return out
+    if disparity:
+        inv = 1.0 / values[valid]
+        lo, hi = inv.min(), inv.max()
+        if hi > lo:
+            out[valid] = (inv - lo) / (hi - lo) * 2.0 - 1.0
+        out[~valid] = -1.0
         return out
     lo, hi = np.quantile(values[valid], [quantile, 1.0 - quantile])
-    if hi - lo <= 0:
-        return out
-    out[valid] = np.clip((values[valid] - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
+    finite = np.isfinite(values)
+    if hi > lo:
+        out[finite] = np.clip((values[finite] - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
+    out[~valid & (~finite | (hi <= lo))] = -1.0
     return out
 
 
-def depth_valid(depth: np.ndarray) -> np.ndarray:
-    """bool [H, W]: finite and positive depth."""
-    return np.isfinite(depth) & (depth > 0)
+def depth_valid(depth: np.ndarray, depth_range: tuple[float, float] = (0.0, np.inf)) -> np.ndarray:
+    """bool [H, W]: finite depth strictly inside `depth_range` (the reference's min_depth < d < max_depth)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(depth) & (depth > depth_range[0]) & (depth < depth_range[1])
 
 
 def unit_normals(normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,20 +66,30 @@ def unit_normals(normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out.astype(np.float32), valid
 
 
+def min_max_target(label: np.ndarray) -> np.ndarray:
+    """A label as stored (any range) -> float32 in [-1, 1]: (x − min)/max(max − min, 1e-8) · 2 − 1 over the
+    whole array, the reference's normalisation of DIS masks, mattes and segmentation colour maps (a
+    constant array is −1)."""
+    x = np.asarray(label, np.float64)
+    lo, hi = x.min(), x.max()
+    return ((x - lo) / max(hi - lo, 1e-8) * 2.0 - 1.0).astype(np.float32)
+
+
 def alpha_to_target(alpha: np.ndarray) -> np.ndarray:
-    """alpha or mask float [H, W] in [0, 1] -> float32 [H, W, 3] in [-1, 1] (2a − 1, replicated)."""
-    a = np.clip(np.asarray(alpha, np.float32), 0.0, 1.0) * 2.0 - 1.0
-    return np.repeat(a[..., None], 3, axis=-1)
+    """alpha or mask float [H, W] (any range, e.g. [0, 1] or [0, 255]) -> float32 [H, W, 3] in [-1, 1]:
+    `min_max_target`, replicated (a matte holding 0 and 1 gives 2a − 1)."""
+    return np.repeat(min_max_target(alpha)[..., None], 3, axis=-1)
 
 
 def seg_to_target(labels_or_colors: np.ndarray) -> np.ndarray:
     """NYU40 class ids int [H, W] (0 or −1 = unlabeled, black) or a colour map uint8 [H, W, 3] ->
-    float32 [H, W, 3] in [-1, 1] (colour / 255 · 2 − 1)."""
+    float32 [H, W, 3] in [-1, 1]: the colour map's `min_max_target` (c / 255 · 2 − 1 when it holds 0 and
+    255, as most do)."""
     arr = np.asarray(labels_or_colors)
     if arr.ndim == 2:
         ids = np.where((arr < 0) | (arr >= len(NYU40_PALETTE)), 0, arr).astype(np.int64)
         arr = NYU40_PALETTE[ids]
-    return arr.astype(np.float32) / 255.0 * 2.0 - 1.0
+    return min_max_target(arr)
 
 
 def to_tensor(target: np.ndarray) -> torch.Tensor:
