@@ -167,6 +167,32 @@ def test_disparity_terms_with_a_negative_scale_sample():
     assert_terms(terms, reference_depth_terms(mean, target[:, 0].double().numpy(), mask))
 
 
+def test_depth_gradient_is_the_reference_gradient():
+    # What the U-Net receives: d(loss)/d(decoded) by autograd (float64) against central differences of the
+    # reference, on a batch with a median-fallback sample.
+    gen = torch.Generator().manual_seed(7)
+    decoded = (torch.rand(2, 3, 5, 5, generator=gen, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+    mean = decoded.detach().mean(1).numpy()
+    goal = np.clip(0.7 * mean + 0.2, -1, 1)
+    goal[1] = np.clip(-0.9 * mean[1] + 0.05, -1, 1)
+    mask = fixed_masks(2, 5, 5, seed=4)
+    target = torch.from_numpy(goal)[:, None].expand(-1, 3, -1, -1)
+    sum(t.mean() for t in task_loss("depth", decoded, target, torch.from_numpy(mask), LossConfig()).values()).backward()
+
+    def reference(d):
+        return sum(reference_depth_terms(d.mean(1), goal, mask).values())
+
+    base, numeric, h = decoded.detach().numpy(), np.zeros(decoded.shape), 1e-6
+    for i in np.ndindex(base.shape):
+        up, down = base.copy(), base.copy()
+        up[i] += h
+        down[i] -= h
+        numeric[i] = (reference(up) - reference(down)) / (2 * h)
+    ours = decoded.grad.numpy()
+    cosine = (ours * numeric).sum() / np.linalg.norm(ours) / np.linalg.norm(numeric)
+    assert cosine > 0.9999 and np.allclose(ours, numeric, rtol=1e-4, atol=1e-6)
+
+
 def test_normal_terms_are_the_pooled_angular_loss():
     gen = torch.Generator().manual_seed(4)
     decoded, target = torch.randn(2, 3, 6, 6, generator=gen), torch.randn(2, 3, 6, 6, generator=gen)
