@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_train import tiny_config, write_depth_folder
+from tiny_train import tiny_config, tiny_settings, write_depth_folder
 
 from genpercept_cli.models import sd
 from genpercept_cli.train.config import LossConfig, resolved_precision
@@ -257,3 +257,17 @@ def test_mixed_precision_defaults_to_fp16_on_cuda_and_fp32_on_the_cpu(tmp_path):
     assert resolved_precision(cfg, cuda=True) == "fp16" and resolved_precision(cfg, cuda=False) == "no"
     cfg.mixed_precision = "bf16"
     assert resolved_precision(cfg, cuda=True) == "bf16"
+
+
+def test_cli_prints_the_precision_it_trains_in(tmp_path):
+    # mixed_precision = "auto" (the default) on the CPU trains in fp32: the start line says so, not "auto".
+    from typer.testing import CliRunner
+
+    from genpercept_cli.cli import app
+
+    settings = tiny_settings(tmp_path, write_depth_folder(tmp_path / "data", count=2), "steps=1",
+                             "optim.effective_batch=2")
+    args = [a for item in settings for a in ("--set", item)]
+    out = CliRunner().invoke(app, ["train", *args], env={"COLUMNS": "300"})
+    assert out.exit_code == 0, out.output
+    assert "precision=fp32" in out.output and "precision=auto" not in out.output

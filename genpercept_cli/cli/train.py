@@ -36,7 +36,7 @@ def train_command(
         f"training {cfg.model.task} -> {escape(str(trainer.run))}  [dim]steps={cfg.steps} batch={o.effective_batch} "
         f"({trainer.acc.num_processes} processes x {trainer.micro_steps} x {o.batch_size}) "
         f"samples={sum(len(s) for s in trainer.sources)} device={trainer.acc.device}"
-        f" precision={cfg.mixed_precision}{_variant(cfg)}{resumed}[/]", highlight=False,
+        f" precision={_precision(trainer.acc.mixed_precision)}{_variant(cfg)}{resumed}[/]", highlight=False,
     )
     if trainer.step >= cfg.steps:
         console.print(f"already at step {trainer.step} of {cfg.steps}; raise steps to train further.")
@@ -73,6 +73,11 @@ def eval_validator(cfg):
         return evaluate(options).metrics
 
     return validate
+
+
+def _precision(mixed_precision: str) -> str:
+    """The precision the accelerator trains in (mixed_precision = "auto" resolved): fp16, bf16, or fp32 for "no"."""
+    return "fp32" if mixed_precision == "no" else mixed_precision
 
 
 def _variant(cfg) -> str:
