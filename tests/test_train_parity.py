@@ -20,7 +20,7 @@ import torch
 from tiny_train import tiny_config, tiny_settings, write_depth_folder
 
 from genpercept_cli.models import sd
-from genpercept_cli.train.config import LossConfig, resolved_precision
+from genpercept_cli.train.config import LossConfig, check_world, load_config, resolved_precision
 from genpercept_cli.train.engine import build_model, lr_factor, recipe_loss
 from genpercept_cli.train.losses import task_loss
 
@@ -271,3 +271,17 @@ def test_cli_prints_the_precision_it_trains_in(tmp_path):
     out = CliRunner().invoke(app, ["train", *args], env={"COLUMNS": "300"})
     assert out.exit_code == 0, out.output
     assert "precision=fp32" in out.output and "precision=auto" not in out.output
+
+
+@pytest.mark.parametrize("task, extra, expected", [
+    ("depth", (), 8), ("disparity", (), 4), ("normal", (), 4), ("dis", (), 4), ("matting", (), 4), ("seg", (), 4),
+    ("disparity", ("model.dpt_head=true", "data.size=[32, 32]"), 8),  # the DPT-head config's micro-batch
+    ("depth", ("optim.batch_size=2",), 2),  # a set size stays
+])
+def test_micro_batch_defaults_to_the_released_size_per_task(task, extra, expected):
+    # The pooled terms make the micro-batch part of the objective: the release's main-paper configs use 8 for
+    # depth and the disparity DPT head, 4 for the other tasks (all with an effective batch of 32).
+    cfg = load_config(None, ['model.unet="u"', 'model.vae="v"', f'model.task="{task}"',
+                             'data.sources=[{kind="folder", path="d"}]', *extra])
+    assert cfg.optim.batch_size == expected and cfg.optim.effective_batch == 32
+    assert check_world(cfg, 1) == 32 // expected

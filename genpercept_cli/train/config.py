@@ -2,7 +2,7 @@
 
     [model]   unet = "sd21/unet"   vae = "sd21/vae"   task = "depth"   timestep = "random"
     [[data.sources]]   kind = "folder"   path = "data/hypersim"   ratio = 0.9
-    [optim]   lr = 3e-5   effective_batch = 32   batch_size = 4
+    [optim]   lr = 3e-5   effective_batch = 32   batch_size = 8
 
 `--set optim.lr=1e-5` replaces one value (the right-hand side is read as a TOML value, else as a string).
 Every bad value is refused with one sentence naming it, before any model is loaded.
@@ -28,6 +28,10 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: fp16 on CUDA (the rele
 TRACKERS = ("tensorboard", "wandb")
 DPT_TASKS = ("depth", "disparity")  # the DPT head predicts one channel (the release: disparity)
 DPT_MULTIPLE = 32  # image sides for which the DPT head's native output has the image's size
+# The release's micro-batch (its main-paper configs' max_train_batch_size; effective batch 32 for all): part of
+# the objective, as every loss term pools the micro-batch's valid pixels
+RELEASE_BATCH = {"depth": 8, "disparity": 4, "normal": 4, "dis": 4, "matting": 4, "seg": 4}
+RELEASE_BATCH_DPT = 8  # disparity with the DPT head
 NUM_TRAIN_TIMESTEPS = 1000  # SD's training schedule length: random t is drawn from [0, 1000)
 
 
@@ -87,7 +91,8 @@ class OptimConfig:
     decay_steps: int = 25000  # the lr decays exponentially from warmup_steps to final_ratio x lr at this step
     final_ratio: float = 0.01
     effective_batch: int = 32  # samples per optimiser step, over all processes
-    batch_size: int = 4  # samples per forward pass on one process (gradient accumulation makes up the rest)
+    batch_size: int = 0  # samples per forward pass on one process (gradient accumulation makes up the rest);
+    # 0 = the release's for the task (RELEASE_BATCH: 8 depth and DPT head, 4 the others), set by validate
     weight_decay: float = 0.0
     max_grad_norm: float = 0.0  # 0 = no clipping
     adam_8bit: bool = False  # bitsandbytes' Adam8bit (CUDA; needs bitsandbytes)
@@ -117,9 +122,11 @@ class TrainConfig:
     output: str = "genpercept_run"
 
     def validate(self) -> TrainConfig:
-        """Raise ConfigError (one sentence) for the first bad value; returns self."""
+        """Raise ConfigError (one sentence) for the first bad value; returns self, with optim.batch_size 0
+        replaced by the release's for the task (`release_batch`)."""
         for message in _problems(self):
             raise ConfigError(message)
+        self.optim.batch_size = self.optim.batch_size or release_batch(self.model)
         return self
 
 
@@ -163,8 +170,8 @@ def _problems(cfg: TrainConfig):
                f"{', '.join(GRADIENT_DIRECTIONS)}, not {cfg.loss.reduction!r} and {cfg.loss.gradient_directions!r}.")
     if not o.lr > 0 or o.warmup_steps < 0 or o.decay_steps < 1 or not 0 < o.final_ratio <= 1:
         yield "optim.lr must be > 0, optim.warmup_steps >= 0, optim.decay_steps >= 1, optim.final_ratio in (0, 1]."
-    if o.batch_size < 1 or o.effective_batch < 1:
-        yield "optim.batch_size and optim.effective_batch must be at least 1."
+    if o.batch_size < 0 or o.effective_batch < 1:
+        yield "optim.batch_size must be at least 1 (0: the task's released size) and optim.effective_batch at least 1."
     if cfg.mixed_precision not in MIXED_PRECISION:
         yield f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, not {cfg.mixed_precision!r}."
     if min(cfg.steps, cfg.save_every, cfg.log_every, cfg.keep_states, cfg.validation.limit) < 1:
@@ -191,6 +198,11 @@ def _model_problems(cfg: TrainConfig):
     for name, size in sizes:
         if any(isinstance(s, int) and s % DPT_MULTIPLE for s in size):
             yield f"{name} must be multiples of {DPT_MULTIPLE} with model.dpt_head (the head's output size): {size}."
+
+
+def release_batch(model: ModelConfig) -> int:
+    """The release's micro-batch for `model`'s task (and head): RELEASE_BATCH, RELEASE_BATCH_DPT."""
+    return RELEASE_BATCH_DPT if model.dpt_head else RELEASE_BATCH[model.task]
 
 
 def resolved_precision(cfg: TrainConfig, cuda: bool) -> str:
