@@ -156,6 +156,47 @@ def test_folder_reads_normal_png_and_matting_npy(tmp_path):
     assert np.allclose(target[0], [[-1.0] * 3, [1.0] * 3])
 
 
+def _normal_folder(root):
+    """normal/a.npy: (0, 0, 1) but a hole (0, 0, 0) at (0, 0) and a short (0.1, 0, 0) at (0, 1); depth/a.npy: 2 m
+    but 0 (invalid) at (1, 0)."""
+    normals = np.zeros((8, 12, 3), np.float32)
+    normals[..., 2] = 1.0
+    normals[0, 0], normals[0, 1] = 0.0, [0.1, 0.0, 0.0]
+    depth = np.full((8, 12), 2.0, np.float32)
+    depth[1, 0] = 0.0
+    root = _folder(root, {"a": ("normal", lambda stem: np.save(str(stem) + ".npy", normals))})
+    (root / "depth").mkdir()
+    np.save(root / "depth" / "a.npy", depth)
+    return root
+
+
+def test_normal_training_mask_is_the_releases(tmp_path):
+    # The release trains normals valid where any stored component is not 0, divided by their length; a normal
+    # at invalid depth becomes 0 yet stays in the mask, so the angular loss counts pi/2 there.
+    from genpercept_cli.train.config import LossConfig
+    from genpercept_cli.train.losses import task_loss
+
+    root = _normal_folder(tmp_path)
+    sample = make_source("folder", root, "normal", (8, 12), 0.02).load(0)
+    assert not sample.mask[0, 0, 0] and sample.mask[0, 0, 1] and sample.mask[0, 1, 0] and sample.mask.sum() == 95
+    assert sample.target[:, 0, 1].tolist() == [1.0, 0.0, 0.0] and sample.target[:, 1, 0].tolist() == [0.0] * 3
+    pred = torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 8, 12)
+    angular = task_loss("normal", pred, sample.target[None], sample.mask[None], LossConfig())["angular"]
+    # cos clamped to 1 - 1e-4 (in float32, as the loss) where aligned; cos 0 at (0, 1) and the blanked (1, 0)
+    expected = (93 * np.arccos(np.float64(np.float32(1 - 1e-4))) + 2 * np.pi / 2) / 95
+    assert float(angular) == pytest.approx(expected, rel=1e-6)
+    # data.normal_mask = "length": |n| > 0.5 (SPEC 6.2's evaluation rule), depth not read
+    sample = make_source("folder", root, "normal", (8, 12), 0.02, normal_mask="length").load(0)
+    assert not sample.mask[0, 0, 1] and sample.mask.sum() == 94 and sample.target[:, 1, 0].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_normal_depth_of_another_size_is_refused(tmp_path):
+    root = _normal_folder(tmp_path)
+    np.save(root / "depth" / "a.npy", np.ones((4, 6), np.float32))
+    with pytest.raises(DataError, match=r"a\.npy is 6x4, its normals 12x8"):
+        make_source("folder", root, "normal", (8, 12), 0.02).load(0)
+
+
 def test_folder_refuses_an_image_without_label(tmp_path):
     root = _folder(tmp_path, {"a": ("depth", lambda s: np.save(str(s) + ".npy", np.ones((8, 12))))})
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "rgb" / "b.png")
@@ -232,6 +273,7 @@ def test_config_file_and_overrides(tmp_path):
     ('loss.reduction="pixels"', "loss.reduction must be one of batch, sample"),
     ('loss.gradient_directions="x"', "loss.gradient_directions one of vertical, both"),
     ("loss.pixel_mse=0", "every term of the depth task has weight 0"),
+    ('data.normal_mask="any"', "data.normal_mask must be one of nonzero, length"),
 ])
 def test_config_refuses_bad_values_in_one_sentence(override, message):
     base = ['model.unet="u"', 'model.vae="v"', 'data.sources=[{path="a"}]', "loss.ssi=0", "loss.gradient=0"]
@@ -295,3 +337,8 @@ def test_hypersim_normals_face_the_camera_and_seg_ids_become_colours(tmp_path):
     assert torch.allclose(seg.target[:, 0, 0], torch.from_numpy(expected).float())
     with pytest.raises(DataError, match="no Hypersim frames with depth_meters"):
         HypersimSource(tmp_path, "depth", (8, 16))
+    depth = np.full((8, 16), 5.0, np.float16)
+    depth[2, 3] = 70.0  # beyond Hypersim's 65 m: the normal there becomes 0, still counted
+    _hypersim_frame(tmp_path, "depth_meters", depth)
+    n = HypersimSource(tmp_path, "normal", (8, 16)).load(0)
+    assert n.target[:, 2, 3].tolist() == [0.0] * 3 and n.mask.all() and n.target[2].sum() == 8 * 16 - 1

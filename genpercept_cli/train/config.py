@@ -23,6 +23,7 @@ _DEPTH_TERMS = ("pixel_mse", "ssi", "gradient")
 TASK_TERMS = {"depth": _DEPTH_TERMS, "disparity": _DEPTH_TERMS, "normal": ("angular",), "dis": ("pixel_mse",),
               "matting": ("pixel_mse",), "seg": ("pixel_mse",)}
 REDUCTIONS = ("batch", "sample")  # train.losses: pooled over the micro-batch's valid pixels, or per sample
+NORMAL_MASKS = ("nonzero", "length")  # train.targets: the release's training mask, or SPEC §6.2's |n| > 0.5
 GRADIENT_DIRECTIONS = ("vertical", "both")  # train.losses.gradient_loss
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: fp16 on CUDA (the release's scripts), no on the CPU
 TRACKERS = ("tensorboard", "wandb")
@@ -70,6 +71,8 @@ class DataConfig:
     flip_p: float = 0.5  # horizontal flip probability (normals: x negated)
     depth_quantile: float = 0.02  # depth/disparity normalised between the 2% and 98% quantiles to [-1, 1]
     workers: int = 4  # threads decoding samples (0: in the training loop)
+    normal_mask: str = "nonzero"  # normals valid where any component ≠ 0 as stored, 0 (still counted) where the
+    # depth beside them is invalid (the release); "length": |n| > 0.5, no depth read (SPEC §6.2's eval rule)
 
 
 @dataclass
@@ -159,6 +162,8 @@ def _problems(cfg: TrainConfig):
             yield f"{name} must be [height, width], multiples of 8 of at least 8 pixels, not {size}."
     if not 0 <= d.flip_p <= 1 or not 0 <= d.depth_quantile < 0.5 or d.workers < 0:
         yield "data.flip_p must be in [0, 1], data.depth_quantile in [0, 0.5) and data.workers >= 0."
+    if d.normal_mask not in NORMAL_MASKS:
+        yield f"data.normal_mask must be one of {', '.join(NORMAL_MASKS)}, not {d.normal_mask!r}."
     weights = [getattr(cfg.loss, f.name) for f in fields(cfg.loss) if f.type == "float"]
     if any(w < 0 for w in weights) or cfg.loss.gradient_scales < 1:
         yield "loss weights must be >= 0 and loss.gradient_scales >= 1."

@@ -7,7 +7,8 @@ Folder layout (one label folder per task; files paired by stem):
     root/rgb/<stem>.png|jpg|...            the image
     root/depth/<stem>.npy|exr|png          depth and disparity tasks: depth in any unit, valid inside the
                                            source's depth_range (default 0 < d < 1e8, the reference's)
-    root/normal/<stem>.npy|exr|png         normals in [-1, 1] (PNG: p / peak · 2 − 1), x right, y up, z out
+    root/normal/<stem>.npy|exr|png         normals in [-1, 1] (PNG: p / peak · 2 − 1), x right, y up, z out; a
+                                           depth/ folder beside it, if any, blanks normals at invalid depth
     root/mask/<stem>.png|npy               dis: foreground in [0, 1] (PNG / 255); DIS5K-TR's im/ + gt/ too
     root/alpha/<stem>.png|npy              matting: alpha in [0, 1]; P3M-10k's blurred_image/ + mask/ too
     root/seg/<stem>.png|npy                seg: NYU40 colour map (RGB PNG) or class ids (1-channel)
@@ -53,14 +54,18 @@ class FolderSource:
     DEPTH_RANGE = (0.0, 1e8)  # the reference's base dataset: any positive depth
 
     def __init__(self, root: str | Path, task: str, size: tuple[int, int], quantile: float = 0.02,
-                 depth_range: tuple[float, float] | None = None):
+                 depth_range: tuple[float, float] | None = None, normal_mask: str = "nonzero"):
         self.root, self.task, self.size, self.quantile = Path(root), task, tuple(size), quantile
-        self.depth_range = tuple(depth_range or self.DEPTH_RANGE)
+        self.depth_range, self.normal_mask = tuple(depth_range or self.DEPTH_RANGE), normal_mask
         rgb_dir, label_dir = self._folder(IMAGE_FOLDERS), self._folder(LABEL_FOLDERS[task])
         self.images = sorted(p for p in rgb_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.images:
             raise DataError(f"{rgb_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
         self.labels = [self._label_path(label_dir, p.stem) for p in self.images]
+        # normals with the release's mask: the depth beside them (if any) blanks those at invalid depth
+        depth_dir = self.root / "depth"
+        blanking = task == "normal" and normal_mask == "nonzero" and depth_dir.is_dir()
+        self.depths = [self._label_path(depth_dir, p.stem) for p in self.images] if blanking else []
 
     def _folder(self, names: tuple[str, ...]) -> Path:
         found = next((self.root / n for n in names if (self.root / n).is_dir()), None)
@@ -81,7 +86,12 @@ class FolderSource:
 
     def load(self, index: int) -> Sample:
         """Sample `index`, resized to `size`."""
-        target, valid = label_target(self.task, read_label(self.labels[index]), self.quantile, self.depth_range)
+        target, valid = label_target(self.task, read_label(self.labels[index]), self.quantile, self.depth_range,
+                                     self.normal_mask)
+        if self.depths:
+            depth = read_label(self.depths[index])
+            target = _blank_normals(target, depth if depth.ndim == 2 else depth[..., 0], self.depth_range,
+                                    self.depths[index])
         return make_sample(read_rgb(self.images[index]), target, valid, self.size)
 
 
@@ -106,7 +116,7 @@ class VKITTISource:
     CROP = (352, 1216)
 
     def __init__(self, root: str | Path, task: str, size: tuple[int, int], quantile: float = 0.02,
-                 depth_range: tuple[float, float] | None = None):
+                 depth_range: tuple[float, float] | None = None, normal_mask: str = "nonzero"):
         self.root, self.task, self.size, self.quantile = Path(root), task, tuple(size), quantile
         self.depth_range = tuple(depth_range or self.DEPTH_RANGE)
         if task not in ("depth", "disparity"):
@@ -158,9 +168,9 @@ class HypersimSource:
     DEPTH_RANGE = (1e-5, 65.0)
 
     def __init__(self, root: str | Path, task: str, size: tuple[int, int], quantile: float = 0.02,
-                 depth_range: tuple[float, float] | None = None):
+                 depth_range: tuple[float, float] | None = None, normal_mask: str = "nonzero"):
         self.root, self.task, self.size, self.quantile = Path(root), task, tuple(size), quantile
-        self.depth_range = tuple(depth_range or self.DEPTH_RANGE)
+        self.depth_range, self.normal_mask = tuple(depth_range or self.DEPTH_RANGE), normal_mask
         if task not in self.LABELS:
             raise DataError(f"Hypersim trains {', '.join(self.LABELS)}, not {task}.")
         frames = sorted(self.root.glob("*/images/*_final_preview/*.tonemap.jpg"))
@@ -170,9 +180,9 @@ class HypersimSource:
                             "scene_cam_00_final_preview/frame.0000.tonemap.jpg + scene_cam_00_geometry_hdf5/).")
         self.images, self.labels = [p[0] for p in pairs], [p[1] for p in pairs]
 
-    def _label_path(self, rgb: Path) -> Path:
+    def _label_path(self, rgb: Path, task: str | None = None) -> Path:
         folder = rgb.parent.name.replace("_final_preview", "_geometry_hdf5")
-        frame = rgb.name.replace(".tonemap.jpg", f".{self.LABELS[self.task]}.hdf5")
+        frame = rgb.name.replace(".tonemap.jpg", f".{self.LABELS[task or self.task]}.hdf5")
         return rgb.parent.parent / folder / frame
 
     def __len__(self) -> int:
@@ -183,7 +193,12 @@ class HypersimSource:
         if self.task == "seg":
             target, valid = targets.seg_to_target(label), np.ones(label.shape, bool)
         elif self.task == "normal":
-            target, valid = targets.unit_normals(_face_camera(label, self._focal(label.shape[1])))
+            stored = targets.nonzero_normals(label) if self.normal_mask == "nonzero" else None
+            target, valid = targets.unit_normals(_face_camera(label, self._focal(label.shape[1])), stored)
+            depth_path = self._label_path(self.images[index], "depth")
+            if self.normal_mask == "nonzero" and depth_path.is_file():  # the release: its frames' depth
+                depth = _planar_depth(_read_hdf5(depth_path), self._focal(label.shape[1]))
+                target = _blank_normals(target, depth, self.depth_range, depth_path)
         else:
             depth = _planar_depth(label, self._focal(label.shape[1]))
             valid = targets.depth_valid(depth, self.depth_range)
@@ -223,27 +238,40 @@ def _face_camera(normals: np.ndarray, focal: float) -> np.ndarray:
     return np.where(away, -normals, normals)
 
 
+def _blank_normals(normals: np.ndarray, depth: np.ndarray, depth_range: tuple[float, float], path: Path) -> np.ndarray:
+    """Normal target [H, W, 3] with 0 where `depth` [H, W] (read from `path`) is outside `depth_range`, as the
+    release's dataset does (`targets.blank_normals`); refuses a depth map of another size."""
+    if depth.shape != normals.shape[:2]:
+        raise DataError(f"{path} is {depth.shape[1]}x{depth.shape[0]}, its normals {normals.shape[1]}x"
+                        f"{normals.shape[0]}: the depth beside the normals must have their size.")
+    return targets.blank_normals(normals, targets.depth_valid(depth, depth_range))
+
+
 SOURCES = {"folder": FolderSource, "vkitti": VKITTISource, "hypersim": HypersimSource}
 
 
 def make_source(kind: str, path: str | Path, task: str, size: tuple[int, int], quantile: float,
-                depth_range: tuple[float, float] | None = None):
+                depth_range: tuple[float, float] | None = None, normal_mask: str = "nonzero"):
     """The source of `kind` (config.SOURCE_KINDS) at `path`; refuses a missing or malformed layout.
-    `depth_range` (min, max): valid depth, exclusive; None = the kind's (the reference's per dataset)."""
-    return SOURCES[kind](path, task, size, quantile, depth_range)
+    `depth_range` (min, max): valid depth, exclusive; None = the kind's (the reference's per dataset).
+    `normal_mask`: config.NORMAL_MASKS (normals: the release's mask and blanking, or |n| > 0.5)."""
+    return SOURCES[kind](path, task, size, quantile, depth_range, normal_mask)
 
 
 def label_target(task: str, label: np.ndarray, quantile: float,
-                 depth_range: tuple[float, float] = FolderSource.DEPTH_RANGE) -> tuple[np.ndarray, np.ndarray]:
-    """A label array as read -> (float32 [H, W] or [H, W, 3] in [-1, 1], valid bool [H, W])."""
+                 depth_range: tuple[float, float] = FolderSource.DEPTH_RANGE,
+                 normal_mask: str = "nonzero") -> tuple[np.ndarray, np.ndarray]:
+    """A label array as read -> (float32 [H, W] or [H, W, 3] in [-1, 1], valid bool [H, W]); normals valid
+    by `normal_mask` (config.NORMAL_MASKS; "nonzero" judges the label as stored, before the PNG mapping)."""
     if task in ("depth", "disparity"):
         depth = label if label.ndim == 2 else label[..., 0]
         valid = targets.depth_valid(depth, depth_range)
         return targets.normalize_depth(depth, valid, quantile, disparity=task == "disparity"), valid
     if task == "normal":
+        stored = targets.nonzero_normals(label) if normal_mask == "nonzero" else None
         if label.dtype.kind in "ui":  # PNG: [0, peak] -> [-1, 1]
             label = label.astype(np.float64) / np.iinfo(label.dtype).max * 2.0 - 1.0
-        return targets.unit_normals(label)
+        return targets.unit_normals(label, stored)
     if task == "seg":
         return targets.seg_to_target(label), np.ones(label.shape[:2], bool)
     alpha = label if label.ndim == 2 else label[..., 0]

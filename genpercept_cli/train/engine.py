@@ -190,7 +190,7 @@ class Trainer:
         self.micro_steps = check_world(cfg, self.acc.num_processes)
         self.pool = ThreadPoolExecutor(cfg.data.workers) if cfg.data.workers > 0 else None
         self.sources = [train_data.make_source(s.kind, s.path, cfg.model.task, tuple(s.size or cfg.data.size),
-                                               cfg.data.depth_quantile, s.depth_range or None)
+                                               cfg.data.depth_quantile, s.depth_range or None, cfg.data.normal_mask)
                         for s in cfg.data.sources]
         fixed = None if cfg.model.timestep == "random" else int(cfg.model.timestep)
         self.plan = train_data.BatchPlan([len(s) for s in self.sources], [s.ratio for s in cfg.data.sources],

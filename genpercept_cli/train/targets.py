@@ -2,7 +2,8 @@
 
     depth               2% and 98% quantiles of the valid values -> -1 and 1, clipped; replicated to 3 channels
     disparity           1/depth min-maxed over the valid values to [-1, 1] (near is 1); invalid -1
-    normal              unit vectors (x right, y up, z toward the camera), valid where |n| > 0.5 as stored
+    normal              unit vectors (x right, y up, z toward the camera), valid where any component ≠ 0 as
+                        stored, 0 where the depth beside them is invalid (the release's); or |n| > 0.5
     dis / matting       alpha or mask, min-maxed over the image to [-1, 1], replicated to 3 channels
     seg                 NYU40 colours (from class ids, or a colour map as stored), min-maxed to [-1, 1]
 
@@ -54,16 +55,31 @@ def depth_valid(depth: np.ndarray, depth_range: tuple[float, float] = (0.0, np.i
         return np.isfinite(depth) & (depth > depth_range[0]) & (depth < depth_range[1])
 
 
-def unit_normals(normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nonzero_normals(stored: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the release's training mask of normals as stored [H, W, 3] (before any PNG mapping): any
+    component ≠ 0 (a hole is stored as 0, 0, 0); non-finite vectors are holes too."""
+    stored = np.asarray(stored)
+    return np.any(stored != 0, axis=-1) & np.all(np.isfinite(stored), axis=-1)
+
+
+def unit_normals(normals: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """normals float [H, W, 3] in [-1, 1] -> (unit vectors float32 [H, W, 3], valid bool [H, W]).
 
-    Valid where the stored length exceeds 0.5 (SPEC §6.2: shorter vectors are holes); invalid pixels are 0.
+    `valid`: the pixels to keep (training: `nonzero_normals` of the stored label, the release's mask);
+    None: where the stored length exceeds 0.5 (SPEC §6.2's rule: shorter vectors are holes). Kept vectors
+    are divided by max(|n|, 1e-8) (the release's clamp); the others, and non-finite ones, are 0 and invalid.
     """
     n = np.asarray(normals, np.float64)
     length = np.linalg.norm(n, axis=-1)
-    valid = np.isfinite(length) & (length > 0.5)
-    out = np.where(valid[..., None], n / np.where(valid, length, 1.0)[..., None], 0.0)
+    valid = np.isfinite(length) & (length > 0.5 if valid is None else valid)
+    out = np.where(valid[..., None], n / np.where(valid, np.maximum(length, 1e-8), 1.0)[..., None], 0.0)
     return out.astype(np.float32), valid
+
+
+def blank_normals(normals: np.ndarray, depth_ok: np.ndarray) -> np.ndarray:
+    """The release's normal target where the depth beside it is invalid: 0 (the mask keeps those pixels, so
+    the angular loss counts a constant π/2 there, without gradient). normals [H, W, 3], depth_ok bool [H, W]."""
+    return np.where(depth_ok[..., None], normals, 0.0).astype(np.float32)
 
 
 def min_max_target(label: np.ndarray) -> np.ndarray:
