@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import GenPerceptError
-from .heads import resize_bilinear
+from ...resize import resize_bilinear
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
