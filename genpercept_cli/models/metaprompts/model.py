@@ -54,7 +54,8 @@ class MetaPromptsConfig:
     max_depth: float = 10.0
     resize_scale: int = 1
     shift_size: int = 2
-    depth_hidden: int = 32  # deconvolution filters of the fusion and the decoder
+    fusion_hidden: int = 32  # deconvolution filters of the fusion's layer2-4 (fixed at 32 in the reference)
+    decoder_hidden: int = 32  # deconvolution filters of the decoder (the reference's --num_filters)
     decoder_channels: int = 192
     num_classes: int = 150
     labels: str | None = None
@@ -75,6 +76,10 @@ class MetaPromptsConfig:
     @classmethod
     def from_params(cls, params: dict) -> MetaPromptsConfig:
         """From a spec's `family_params` / `genpercept.json` (unknown keys refused)."""
+        params = dict(params)
+        if "depth_hidden" in params:  # folders converted before the two widths were separate: both
+            hidden = params.pop("depth_hidden")
+            params = {"fusion_hidden": hidden, "decoder_hidden": hidden} | params
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(params) - known)
         if unknown:
@@ -157,8 +162,8 @@ class MetaPromptsDepth(_MetaPromptsBase):
         self.meta_prompts = nn.ParameterList(
             [nn.Parameter(torch.zeros(c.num_prompts, c.prompt_dim)) for _ in range(c.refine_step)])
         self.adapters = nn.ModuleList([PromptAdapter(c.prompt_dim) for _ in range(c.refine_step)])
-        self.fusion = DepthFusion(c.unet_channels, c.depth_hidden, c.prompt_dim, c.head_groups)
-        self.decoder = DepthDecoder(c.num_prompts, c.depth_hidden, c.decoder_channels)
+        self.fusion = DepthFusion(c.unet_channels, c.fusion_hidden, c.prompt_dim, c.head_groups)
+        self.decoder = DepthDecoder(c.num_prompts, c.decoder_hidden, c.decoder_channels)
         self.head = DepthOutput(c.decoder_channels)
         self.tta = DepthTTA(flip=True, shift_size=c.shift_size)
 
