@@ -22,7 +22,7 @@ import torch
 
 from .checkpoints import CheckpointSpec, fetch_checkpoint, resolve_checkpoint
 from .errors import GenPerceptError
-from .models import DenseModel, build_model
+from .models import DenseModel, build_model, family_of
 from .resize import (
     MIN_SIDE,
     check_processing_res,
@@ -100,7 +100,7 @@ class GenPerceptPipeline:
         """
         spec = checkpoint if isinstance(checkpoint, CheckpointSpec) else resolve_checkpoint(checkpoint, task)
         device = resolve_device(device)
-        dtype = resolve_dtype(dtype, device)
+        dtype = resolve_dtype(dtype, device, family_of(spec).dtype)
         files = fetch_checkpoint(spec, cache_dir=cache_dir)
         pipe = cls(build_model(files, dtype).to(device), spec, device, dtype)
         options = measured_fast_path(device, dtype) if fast_path else {}

@@ -84,7 +84,9 @@ def bench_lines(steps) -> list[list[str]]:
 def test_gpu_plan_covers_the_issue_in_priority_order(tmp_path):
     steps = plan(tmp_path, Sizes(), python="python3")
     assert [s.name for s in steps] == ["environment", "headline", "pytest_cuda", "sweep", "predict_e2e", "eval_e2e",
-                                       "compile"]
+                                       "metaprompts_precision", "compile"]
+    precision = steps[6].argv
+    assert precision[precision.index("--dtypes") + 1] == "fp16,bf16" and "--small" not in precision
     lines = bench_lines(steps)
     valued = ("--dtype", "--resolution", "--model-size", "--device", "--batch-size", "--head")
     opts = [{k: a[a.index(k) + 1] for k in valued if k in a} | {"flags": a} for a in lines]
@@ -155,3 +157,19 @@ def test_bench_group_runs_without_the_peer_when_it_cannot_run(tmp_path, monkeypa
                                 "--warmup", "0")
     assert gpu_check.bench_group(json.dumps([args])) == 0
     assert [r["label"] for r in json.loads((tmp_path / "b.json").read_text())["runs"]] == ["genpercept"]
+
+
+def test_metaprompts_precision_step_records_half_precision_against_fp32(tmp_path):
+    """The step's dry run: tiny Meta Prompts depth and segmentation models, fp32 and bf16 on one input."""
+    out = tmp_path / "precision.json"
+    assert gpu_check.main(["metaprompts-precision", "--device", "cpu", "--dtypes", "bf16", "--small",
+                           "--work", str(tmp_path / "w"), "--json", str(out)]) == 0
+    cases = json.loads(out.read_text())["cases"]
+    assert sorted(cases) == ["ade20k", "nyu"]
+    assert cases["nyu"]["task"] == "depth" and cases["ade20k"]["task"] == "semseg"
+    for case in cases.values():
+        row = case["vs_fp32"]["bf16"]
+        assert 0 < row["mean_abs"] <= row["max_abs"]  # bf16 rounds: the outputs move, and are finite
+        assert case["recoveries"] == {"fp32": 0, "bf16": 0}
+    assert 0 <= cases["ade20k"]["vs_fp32"]["bf16"]["labels_changed"] <= 1
+    assert 0 < cases["nyu"]["vs_fp32"]["bf16"]["max_abs"] < cases["nyu"]["vs_fp32"]["bf16"]["reference_mean"]

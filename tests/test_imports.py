@@ -42,21 +42,18 @@ def _import_nodes(tree: ast.AST):
         stack.extend(children)
 
 
-def _internal(name: str) -> str | None:
+def _internal(name: str, known=MODULES) -> str | None:
     """The module of ours that importing `name` loads: `name` itself, or its nearest parent we have."""
-    while name and name not in MODULES:
+    while name and name not in known:
         name = name.rpartition(".")[0]
     return name or None
 
 
-def imports_of(module: str) -> set[str]:
-    """Modules of ours that `module` imports. `from X import y` counts X.y when it is a module, else X;
-    relative imports are resolved against the module's package. The implicit import of a module's parent
-    packages is not an edge (every submodule would otherwise "import" its package's __init__)."""
-    path = MODULES[module]
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+def _edges(tree: ast.AST, module: str, is_package: bool, known=MODULES) -> set[str]:
+    """Modules of `known` that the source `tree` of `module` imports (see `imports_of`)."""
+    package = module if is_package else module.rpartition(".")[0]
     found = set()
-    for node in _import_nodes(ast.parse(path.read_text(), str(path))):
+    for node in _import_nodes(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         else:
@@ -65,10 +62,19 @@ def imports_of(module: str) -> set[str]:
                 anchor = package.split(".")
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
-                       for alias in node.names]
-        found.update(t for t in map(_internal, targets) if t is not None and t != module)
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in known]
+        found.update(t for t in (_internal(t, known) for t in targets) if t is not None and t != module)
     return found
+
+
+def imports_of(module: str) -> set[str]:
+    """Modules of ours that `module` imports. `from X import y` counts X (y is looked up in X's namespace,
+    so X's `__init__` must have run) and also X.y when that is a module; relative imports are resolved
+    against the module's package. The implicit import of a module's parent packages by `import X.y` or
+    `from X.y import z` is not an edge (every submodule would otherwise "import" its package's __init__),
+    but `from . import y` in a submodule is: it reads its package, whose `__init__` may import it back."""
+    path = MODULES[module]
+    return _edges(ast.parse(path.read_text(), str(path)), module, path.name == "__init__.py")
 
 
 GRAPH = {module: imports_of(module) for module in MODULES}
@@ -103,6 +109,18 @@ def test_the_graph_is_read():
     assert "genpercept_cli.runtime.runner" in GRAPH["genpercept_cli.predict"]  # inside run_predict
     assert "genpercept_cli.resize" in GRAPH["genpercept_cli.models.base"]  # from ..resize
     assert "benchmarks.speed" in GRAPH[f"{CLI}.bench"]  # inside the command
+
+
+def test_from_package_import_reads_the_package():
+    """`from . import x` in a submodule depends on its package's `__init__` as well as on x, so a package
+    whose `__init__` imports the submodule back is a cycle; `from .x import y` is not."""
+    graph = {}
+    source = {"pkg": "from . import a\n", "pkg.a": "from . import b\n", "pkg.b": "from .c import f\n",
+              "pkg.c": "def f(): pass\n"}
+    for name, text in source.items():
+        graph[name] = _edges(ast.parse(text), name, is_package=name == "pkg", known=set(source))
+    assert graph["pkg.a"] == {"pkg", "pkg.b"} and graph["pkg.b"] == {"pkg.c"}
+    assert find_cycle(graph) == ["pkg", "pkg.a", "pkg"]
 
 
 def test_find_cycle_reports_the_cycle():

@@ -88,6 +88,28 @@ def _load(path, kind):
     return _LOADED[path]
 
 
+@pytest.mark.parametrize("fusion_hidden, decoder_hidden", [(32, 8), (12, 4)])
+def test_depth_fusion_and_decoder_widths_are_read_apart(fusion_hidden, decoder_hidden):
+    """The reference fixes the fusion's deconvolution width at 32 and takes the decoder's from
+    --num_filters: a release whose two widths differ converts, and each layer gets its own width."""
+    state = tiny_release_state("nyu", fusion_hidden=fusion_hidden, decoder_hidden=decoder_hidden)
+    assert state["encoder.layer4.deconv_layers.3.weight"].shape[1] == fusion_hidden  # deconv 2 of layer4
+    assert state["decoder.deconv_layers.6.weight"].shape[1] == decoder_hidden
+    converted = convert_release(state, tiny_config("nyu"), "x.pth")
+    assert (converted.config.fusion_hidden, converted.config.decoder_hidden) == (fusion_hidden, decoder_hidden)
+    model = model_from_state(converted.config, converted.state, "x.pth")
+    assert model.fusion.layer2.deconv_layers[0].out_channels == fusion_hidden
+    assert model.decoder.deconv_layers[0].out_channels == decoder_hidden
+    with torch.no_grad():
+        depth = model(torch.rand(1, 3, 64, 64) * 2 - 1)
+    assert depth.shape == (1, 1, 64, 64) and torch.isfinite(depth).all()
+
+
+def test_folders_converted_with_one_depth_width_still_load():
+    config = model_module.MetaPromptsConfig.from_params({"task": "depth", "depth_hidden": 8})
+    assert (config.fusion_hidden, config.decoder_hidden) == (8, 8)
+
+
 @pytest.mark.parametrize("kind", ["nyu", "ade20k", "cityscapes-mapillary"])
 def test_tiny_release_round_trips_through_the_converter(releases, kind):
     raw, found = load_release(releases[kind])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -31,6 +33,16 @@ def _column_ramp(batch: torch.Tensor) -> torch.Tensor:
 
 def _image(b, h, w, seed=0):
     return torch.randn((b, 3, h, w), generator=torch.Generator().manual_seed(seed))
+
+
+def _uint8_image(h, w, seed=0) -> np.ndarray:
+    """A random uint8 [h, w, 3] photo stand-in."""
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _normalised(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 [h, w, 3] -> x [1, 3, h, w] = rgb / 255 * 2 - 1, as the pipeline feeds the model."""
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0 * 2.0 - 1.0
 
 
 # -- depth -------------------------------------------------------------------------------------------------
@@ -256,13 +268,53 @@ def test_seg_scales_rescale_keeping_ratio_and_average_probabilities():
 
 
 def test_seg_single_scale_is_softmax_of_resized_window_logits():
-    # 6x10 image, img_scale (8, 4): rescaled to 4x7 (factor 2/3, 6.67 -> 7), windows at that size, the
-    # logits resized back to 6x10 before the softmax.
-    x = _image(1, 6, 10, seed=10)
+    # 6x10 image, img_scale (8, 4): rescaled to 4x7 (factor 2/3, 6.67 -> 7) as uint8 by OpenCV, windows at
+    # that size, the logits resized back to 6x10 before the softmax.
+    rgb = _uint8_image(6, 10, seed=10)
+    x = _normalised(rgb)
     probs = seg_multi_scale_flip(lambda b: b * 2, x, img_scale=(8, 4), crop=4, stride=3, num_classes=3)
-    scaled = torch.nn.functional.interpolate(x, size=(4, 7), mode="bilinear", align_corners=False)
+    scaled = _normalised(cv2.resize(rgb, (7, 4), interpolation=cv2.INTER_LINEAR))
     logits = torch.nn.functional.interpolate(scaled * 2, size=(6, 10), mode="bilinear", align_corners=False)
     torch.testing.assert_close(probs, logits.softmax(dim=1))
+
+
+def _mmcv_rescale_size(h: int, w: int, scale) -> tuple[int, int]:
+    """mmcv rescale_size with keep_ratio, written out here: factor min(long/long edge, short/short edge),
+    sides int(side * factor + 0.5)."""
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+def test_seg_rescales_the_uint8_image_with_opencv_at_every_scale_and_flip():
+    """mmseg's test: per ratio, img_scale x ratio (truncated) -> keep-ratio size -> cv2 INTER_LINEAR on the
+    uint8 image -> flip -> normalise. The crops predict sees are exactly those images."""
+    rgb = _uint8_image(37, 53, seed=11)
+    seen = []
+
+    def record(batch):
+        seen.append(batch.clone())
+        return torch.zeros((batch.shape[0], 2, *batch.shape[-2:]))
+
+    seg_multi_scale_flip(record, _normalised(rgb), img_scale=(64, 32), crop=200, stride=100, num_classes=2,
+                         scales=(1.0, 1.375), flip=True)
+    expected = []
+    for ratio in (1.0, 1.375):
+        h, w = _mmcv_rescale_size(37, 53, (int(64 * ratio), int(32 * ratio)))
+        image = _normalised(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR))
+        expected += [image, image.flip(-1)]
+    assert [tuple(b.shape[-2:]) for b in expected] == [(32, 46), (32, 46), (44, 63), (44, 63)]
+    assert len(seen) == 4
+    for got, want in zip(seen, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_imrescale_keeps_an_image_already_at_its_size():
+    # Cityscapes at 1024x2048 and ratio 1 is not resized at all.
+    from genpercept_cli.models.metaprompts.tta import imrescale_uint8
+
+    x = _normalised(_uint8_image(8, 16, seed=12))
+    assert imrescale_uint8(x, (8, 16)) is x
+    assert imrescale_uint8(x.half(), (4, 8)).dtype == torch.float16
 
 
 # -- settings ----------------------------------------------------------------------------------------------

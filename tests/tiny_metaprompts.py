@@ -19,8 +19,10 @@ import torch
 
 KINDS = ("nyu", "kitti", "ade20k", "cityscapes", "cityscapes-mapillary")
 # Widths of the tiny models (the releases: U-Net 320-1280, VAE 128-512, prompts 768, heads 32/192/512).
+# Depth: the fusion's deconvolution width is the reference's hard-coded 32; the decoder's (--num_filters)
+# is a parameter there, so it is narrowed apart from it.
 TINY_WIDTHS = dict(unet_channels=(32, 32, 64, 64), vae_channels=(32, 32, 32, 32), prompt_dim=32)
-TINY_HEADS = {"depth": dict(num_prompts=6, depth_hidden=8, decoder_channels=16),
+TINY_HEADS = {"depth": dict(num_prompts=6, fusion_hidden=32, decoder_hidden=8, decoder_channels=16),
               "seg": dict(num_prompts=10, seg_channels=16)}
 SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
                     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
@@ -52,11 +54,12 @@ def _random(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Te
     return 0.1 * torch.randn(shape, generator=gen)  # biases, running means
 
 
-def tiny_release_state(kind: str = "nyu", seed: int = 0) -> dict[str, torch.Tensor]:
-    """The state dict a tiny release holds, with release key names (aliases and unused keys included)."""
+def tiny_release_state(kind: str = "nyu", seed: int = 0, **widths) -> dict[str, torch.Tensor]:
+    """The state dict a tiny release holds, with release key names (aliases and unused keys included);
+    `widths` override tiny_config's (e.g. decoder_hidden=4)."""
     from genpercept_cli.models.metaprompts.convert import alias_names, release_layout
 
-    config = tiny_config(kind)
+    config = replace(tiny_config(kind), **widths)
     gen = torch.Generator().manual_seed(seed)
     state = {name: _random(name, shape, gen) for name, (_, shape, _) in release_layout(config).items()}
     for alias, original in alias_names(config).items():

@@ -106,14 +106,39 @@ class PeakMemory:
 
 @contextmanager
 def instrumented(pipe, clock):
-    """Stage hooks on the model's modules (post-processing, reading and writing are timed by the runner)."""
+    """Stage hooks on the model's modules (post-processing, reading and writing are timed by the runner).
+
+    SD one-step models: VAE encoder, U-Net, VAE decoder and DPT head, whichever the model has. Meta
+    Prompts walks its U-Net block by block (never calling it as a module), so its recurrent refinement
+    (`refine`: R U-Net passes) is timed as the "unet" stage instead; its heads are the remainder.
+    """
     m = pipe.model
-    handles = clock.hook(m.vae.encoder, "vae_encode") + clock.hook(m.unet, "unet", count_samples=True)
-    handles += clock.hook(m.vae.decoder, "vae_decode")  # the DPT-head one-step path never calls it
-    if m.dpt_head is not None:
-        handles += clock.hook(m.dpt_head, "dpt_head")
+    handles = clock.hook(m.vae.encoder, "vae_encode")
+    refine = getattr(m, "refine", None)
+    if refine is None:
+        handles += clock.hook(m.unet, "unet", count_samples=True)
+    else:
+        m.refine = _timed_refine(clock, refine, m.config.refine_step)  # an instance attribute, removed below
+    for name in ("decoder", "dpt_head"):  # the DPT-head one-step path never calls the VAE decoder
+        module = getattr(m.vae, name, None) if name == "decoder" else getattr(m, name, None)
+        if module is not None:
+            handles += clock.hook(module, "vae_decode" if name == "decoder" else name)
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+        if refine is not None:
+            del m.refine
+
+
+def _timed_refine(clock, refine, passes: int):
+    """`refine(latent)` timed as stage "unet", counting `passes` U-Net samples per latent."""
+    @functools.wraps(refine)
+    def timed(latent, *args, **kwargs):
+        with clock.lock:
+            clock.unet_samples += passes * latent.shape[0]
+        with clock.stage("unet"):
+            return refine(latent, *args, **kwargs)
+
+    return timed

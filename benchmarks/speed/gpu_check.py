@@ -139,7 +139,8 @@ def bench_args(s: Sizes, dtype: str, batch: int, json_path: Path, protocols=("di
 
 def plan(work: Path, s: Sizes, python: str = sys.executable) -> list[Step]:
     """The steps, most important first: headline throughput and peer ratio per dtype, the CUDA tests,
-    the batch/layout/head sweep, predict and eval end to end, then torch.compile (slowest to warm)."""
+    the batch/layout/head sweep, predict and eval end to end, what half precision changes in Meta Prompts'
+    outputs (its reference runs in fp32), then torch.compile (slowest to warm)."""
     me = [python, "-m", "benchmarks.speed.gpu_check"]
     peer = ("diffusers",) if s.peer else ()
     headline = [(f"bench_{d}_b{s.headline_batch}", bench_args(
@@ -172,6 +173,11 @@ def plan(work: Path, s: Sizes, python: str = sys.executable) -> list[Step]:
                                         "--dtype", s.dtypes[0], "--checkpoint", str(work / "predict" / "checkpoint"),
                                         "--resolution", str(s.resolution), "--json", str(work / "eval.json")],
                       90, [str(work / "eval.json")]))
+    halves = ",".join(d for d in s.dtypes if d != "fp32")
+    steps.append(Step("metaprompts_precision", me + [
+        "metaprompts-precision", "--work", str(work / "metaprompts"), "--device", s.device, "--dtypes", halves,
+        *(["--small"] if s.model_size == "tiny" else []), "--json", str(work / "metaprompts_precision.json")],
+        90, [str(work / "metaprompts_precision.json")]))
     if s.compile:
         compiled = [(f"bench_{d0}_b{hb}_compile", bench_args(s, d0, hb, work / f"bench_{d0}_b{hb}_compile.json",
                                                              peer, "--compile")),

@@ -1,5 +1,6 @@
 """The GPU check's end-to-end steps: `genpercept predict` on synthetic JPEGs and `genpercept eval` on a
-synthetic archive, each through the CLI in its own process, as a user runs them.
+synthetic archive, each through the CLI in its own process, as a user runs them; and what half precision
+changes in a Meta Prompts model's output (`metaprompts-precision`).
 
 predict-e2e writes a random-weight checkpoint in the released layout (fp16 U-Net and VAE, no download),
 then times the CLI twice: on the first `warm` images and on all of them. The difference cancels start-up,
@@ -39,6 +40,13 @@ def add_step_parsers(sub) -> None:
     p.add_argument("--resolution", type=int, default=768)
     p.add_argument("--json", type=Path, required=True)
     p.set_defaults(func=lambda a: eval_e2e(a.work, a.checkpoint, a.device, a.dtype, a.resolution, a.json))
+    p = sub.add_parser("metaprompts-precision", help="Meta Prompts outputs in half precision vs fp32, same input")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtypes", default="fp16,bf16", help="comma-separated half precisions to compare with fp32")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--small", action="store_true", help="test-sized images and protocol (the dry run)")
+    p.add_argument("--json", type=Path, required=True)
+    p.set_defaults(func=lambda a: metaprompts_precision(a.work, a.device, a.dtypes.split(","), a.small, a.json))
 
 
 def write_random_checkpoint(root: Path, model_size: str, device: str) -> Path:
@@ -110,4 +118,55 @@ def eval_e2e(work: Path, checkpoint: Path, device: str, dtype: str, resolution: 
                         "--limit", 2, "--device", device, "--dtype", dtype, "--processing-res", resolution, "-o", out))
     result = {"seconds": seconds, "samples": 2, "report": json.loads(out.read_text())}
     json_path.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+# Meta Prompts precision: tiny random releases (tests/tiny_metaprompts.py) at the released test protocol's
+# sizes: NYU 480x640 (two shift windows and their flips), ADE20K 512x683 (two 512-px sliding crops).
+# `small`: 48x64 inputs, segmentation rescaled to fit (96, 64) with 64-px crops.
+PRECISION_CASES = {"nyu": ((480, 640), {}), "ade20k": ((512, 683), {})}
+PRECISION_CASES_SMALL = {"nyu": ((48, 64), {}), "ade20k": ((48, 64), dict(img_scale=(96, 64), crop=64, stride=32))}
+
+
+def metaprompts_precision(work: Path, device: str, dtypes: list[str], small: bool, json_path: Path) -> int:
+    """Each case's model run through the pipeline (as `eval` runs it) on one synthetic photo in fp32 and
+    in each of `dtypes`: depth max / mean |difference| in metres, segmentation share of changed labels and
+    max |difference| of the class probabilities; `recoveries` counts batches the pipeline re-ran in fp32
+    after a non-finite half-precision result."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_metaprompts import write_tiny_converted
+
+    from genpercept_cli.images import read_rgb
+    from genpercept_cli.pipeline import GenPerceptPipeline
+
+    from .run import make_inputs
+
+    results = {"device": device, "model": "tiny random Meta Prompts releases (tests/tiny_metaprompts.py)",
+               "cases": {}}
+    for kind, ((height, width), protocol) in (PRECISION_CASES_SMALL if small else PRECISION_CASES).items():
+        folder = write_tiny_converted(work / f"metaprompts-{kind}", kind, **protocol)
+        photo = make_inputs(work / f"in-{kind}", 1, max(height, width), seed=3)[0].path
+        rgb = torch.from_numpy(np.ascontiguousarray(read_rgb(photo)[:height, :width])).permute(2, 0, 1)[None]
+        outputs, recoveries = {}, {}
+        for dtype in ["fp32", *dtypes]:
+            pipe = GenPerceptPipeline.from_checkpoint(str(folder), device=device, dtype=dtype, fast_path=False)
+            with torch.inference_mode():
+                outputs[dtype] = pipe.predict_batch(rgb).float().cpu()
+            recoveries[dtype] = pipe.recoveries
+        case = {"input": [height, width], "task": pipe.task, "recoveries": recoveries, "vs_fp32": {}}
+        reference = outputs["fp32"]
+        for dtype in dtypes:
+            diff = (outputs[dtype] - reference).abs()
+            row = {"max_abs": diff.max().item(), "mean_abs": diff.mean().item()}
+            if pipe.task == "semseg":
+                row["labels_changed"] = (outputs[dtype].argmax(1) != reference.argmax(1)).float().mean().item()
+            else:
+                row["reference_mean"] = reference.mean().item()
+            case["vs_fp32"][dtype] = row
+        results["cases"][kind] = case
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(results), flush=True)
     return 0

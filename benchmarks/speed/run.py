@@ -168,12 +168,30 @@ def load_pipeline(cfg: BenchConfig):
 
 def set_attention(pipe, attention: str) -> None:
     """'sdpa': torch's fused scaled_dot_product_attention (diffusers' default); 'classic': explicit
-    softmax(QK^T)V."""
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+    softmax(QK^T)V. Set on every diffusers attention layer of the model, whatever module holds it (Meta
+    Prompts' VAE encoder is a plain module without `set_attn_processor`)."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
     processor = AttnProcessor2_0() if attention == "sdpa" else AttnProcessor()
-    pipe.model.unet.set_attn_processor(processor)
-    pipe.model.vae.set_attn_processor(processor)
+    for module in pipe.model.modules():
+        if isinstance(module, Attention):
+            module.set_processor(processor)
+
+
+def check_protocols(cfg: BenchConfig) -> None:
+    """Refuse, before any model is built, a Marigold protocol on a checkpoint whose family lacks the SD
+    one-step modules it runs (`models.Family.sd_one_step`)."""
+    baselines = [p.label for p in cfg.protocols if p.name in ("marigold", "diffusers")]
+    if cfg.checkpoint is None or not baselines:
+        return
+    from genpercept_cli.checkpoints import resolve_checkpoint
+    from genpercept_cli.models import family_of
+
+    spec = resolve_checkpoint(cfg.checkpoint)
+    if not family_of(spec).sd_one_step:
+        raise GenPerceptError(
+            f"{', '.join(baselines)} cannot run on {spec.name}: that protocol needs SD's one-step U-Net and VAE "
+            f"decoder, which the {spec.family} family does not have; measure it with genpercept and reference.")
 
 
 def run_benchmark(cfg: BenchConfig) -> dict:
@@ -184,6 +202,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     from genpercept_cli.runtime.device import measured_fast_path
 
     cfg.validate()
+    check_protocols(cfg)
     if any(p.name == "diffusers" for p in cfg.protocols):
         from .peer import marigold_pipeline_class
 

@@ -29,7 +29,7 @@ def bench_speed(
     input_size: int | None = typer.Option(None, help="Synthetic input JPEG side (default 1.5 × res)."),
     batch_size: int = typer.Option(1, help="Images per batch (Marigold: members per U-Net call); 0 = automatic (the measured per-image memory model)."),
     num_images: int | None = typer.Option(None, help="Images per timed repeat (default: the batch size)."),
-    dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
+    dtype: str = typer.Option("auto", help="auto (the family's reference precision: fp32 for Meta Prompts; otherwise fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the stages (static shapes)."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="With --compile on CUDA: CUDA graphs."),

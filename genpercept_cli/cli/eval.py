@@ -33,7 +33,7 @@ def eval_command(
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Score what is there even if some samples cannot be scored (a prediction missing or bad, ground truth without a valid pixel)."),
     batch_size: int = typer.Option(0, help="Samples per model batch, bucketed by size; 0 = automatic (1 on CPU, by free memory on CUDA). Scores equal batch 1's."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
+    dtype: str = typer.Option("auto", help="auto (the family's reference precision: fp32 for Meta Prompts; otherwise fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
 ):
     """Score a checkpoint (or predictions on disk) on a zero-shot benchmark with the paper's protocol."""
     from benchmarks.datasets import DATASETS

@@ -20,7 +20,7 @@ def predict_command(
     formats: str | None = typer.Option(None, help="Comma-separated outputs, e.g. npy,png16,color; png = the task's main <stem>_pred.png (default: the task's)."),
     batch_size: int = typer.Option(0, help="Images per batch; 0 = automatic (1 on CPU, by free memory on CUDA)."),
     device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
+    dtype: str = typer.Option("auto", help="auto (the family's reference precision: fp32 for Meta Prompts; otherwise fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose outputs all exist (resume)."),
     normal_flip: str = typer.Option("", help="Normals only: axes to negate before writing, e.g. 'yz' for the OpenCV frame."),
     workers: int = typer.Option(4, help="Background threads decoding images."),

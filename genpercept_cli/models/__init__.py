@@ -4,8 +4,8 @@
 """
 
 from . import metaprompts  # noqa: F401  (registers the family)
-from .base import FAMILIES, OUTPUT_KINDS, DenseModel, Family, build_model, register_family
+from .base import FAMILIES, OUTPUT_KINDS, DenseModel, Family, build_model, family_of, register_family
 from .one_step import OneStepModel, OneStepParams
 
 __all__ = ["FAMILIES", "OUTPUT_KINDS", "DenseModel", "Family", "OneStepModel",
-           "OneStepParams", "build_model", "register_family"]
+           "OneStepParams", "build_model", "family_of", "register_family"]

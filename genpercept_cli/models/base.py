@@ -41,11 +41,17 @@ class Family:
 
     build(files, dtype) -> DenseModel on the CPU in `dtype`, weights frozen for inference (callers that
     train switch `requires_grad` back on).
+    dtype: the precision `auto` picks on every device, where the family's reference runs in one
+    precision whatever the device (None: SPEC §3's fp16 on CUDA, fp32 elsewhere).
+    sd_one_step: its model holds SD's one-step modules (`unet` called as a module, `vae` with encoder
+    and decoder), on which `bench-speed`'s Marigold protocols and diffusers peer can run.
     """
 
     name: str
     build: Callable[..., DenseModel]
     doc: str = ""
+    dtype: torch.dtype | None = None
+    sd_one_step: bool = True
 
 
 FAMILIES: dict[str, Family] = {}
@@ -57,12 +63,17 @@ def register_family(family: Family) -> Family:
     return family
 
 
-def build_model(files, dtype: torch.dtype = torch.float32) -> DenseModel:
-    """The DenseModel of a fetched checkpoint (`checkpoints.CheckpointFiles`), by its spec's family."""
-    family = FAMILIES.get(files.spec.family)
+def family_of(spec) -> Family:
+    """The registered family of a checkpoint spec (CheckpointError naming the known ones)."""
+    family = FAMILIES.get(spec.family)
     if family is None:
         raise CheckpointError(
-            f"checkpoint {files.spec.name!r} is of family {files.spec.family!r}, which this version does not "
+            f"checkpoint {spec.name!r} is of family {spec.family!r}, which this version does not "
             f"know; known: {', '.join(FAMILIES)}."
         )
-    return family.build(files, dtype)
+    return family
+
+
+def build_model(files, dtype: torch.dtype = torch.float32) -> DenseModel:
+    """The DenseModel of a fetched checkpoint (`checkpoints.CheckpointFiles`), by its spec's family."""
+    return family_of(files.spec).build(files, dtype)

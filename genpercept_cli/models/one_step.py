@@ -17,11 +17,12 @@ from dataclasses import dataclass, fields
 
 import torch
 
+import genpercept_cli.models.sd as sd  # the module itself, not a name of our package's __init__
+
 from ..dpt import DPTHead, minmax_per_image, prepare_dpt_unet, strip_unet_head_keys, unet_up_block_features
 from ..errors import CheckpointError
 from ..loading import empty_text_embedding, load_unet, load_vae
 from ..tasks import TASKS
-from . import sd
 from .base import DenseModel, Family, register_family
 from .pipeline_configs import FAMILY_DOCS, pipeline_params
 

@@ -42,8 +42,9 @@ Outputs, in our conventions (documented deviations from each reference):
 
 from __future__ import annotations
 
+import genpercept_cli.models.sd as sd  # the module itself, not a name of our package's __init__
+
 from ..checkpoints import PREDICTION_TYPES, read_json
-from . import sd
 
 # What each family does that no config of its release says (see the table above).
 FAMILY_FACTS: dict[str, dict] = {

@@ -30,11 +30,15 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float1
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """'auto'/None -> fp16 on CUDA, fp32 elsewhere; names fp32/fp16/bf16 accepted."""
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device,
+                  auto: torch.dtype | None = None) -> torch.dtype:
+    """'auto'/None -> `auto` where given (a family's reference precision, `models.Family.dtype`), else
+    fp16 on CUDA and fp32 elsewhere; names fp32/fp16/bf16 accepted."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
+        if auto is not None:
+            return auto
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
         raise GenPerceptError(f"unknown dtype {dtype!r}; choose auto, fp32, fp16 or bf16.")

@@ -64,4 +64,6 @@ def build_metaprompts(files, dtype: torch.dtype = torch.float32):
 METAPROMPTS = register_family(Family(
     "metaprompts", build_metaprompts,
     "SD1.5 with meta prompts, recurrent refinement and dense heads (Meta Prompts, SPEC §9).",
+    dtype=torch.float32,  # the reference casts the U-Net's input to fp32: its published numbers are fp32's
+    sd_one_step=False,  # the U-Net is walked block by block and there is no VAE decoder
 ))

@@ -160,7 +160,8 @@ def fit_widths(config: MetaPromptsConfig, state: dict[str, torch.Tensor]) -> Met
     widths = dict(unet_channels=unet, vae_channels=vae, num_prompts=dim(prompts, 0, config.num_prompts),
                   prompt_dim=dim(prompts, 1, config.prompt_dim))
     if depth:
-        widths.update(depth_hidden=dim("decoder.deconv_layers.0.weight", 1, config.depth_hidden),
+        widths.update(fusion_hidden=dim("encoder.layer2.deconv_layers.0.weight", 1, config.fusion_hidden),
+                      decoder_hidden=dim("decoder.deconv_layers.0.weight", 1, config.decoder_hidden),
                       decoder_channels=dim("decoder.conv_layers.0.weight", 0, config.decoder_channels))
     else:
         widths.update(seg_channels=dim("decode_head.bottleneck.conv.weight", 0, config.seg_channels))

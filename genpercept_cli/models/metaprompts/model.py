@@ -19,8 +19,10 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError
+from ...resize import resize_bilinear
 from ..base import DenseModel
-from . import heads, tta
+from .heads import DepthDecoder, DepthFusion, DepthOutput, FCNHead, SegNeck, UPerHead
+from .tta import DepthTTA, SegTTA, depth_flip_shift_windows, fill_uncovered_columns, seg_multi_scale_flip
 from .unet import (
     SD15_CONTEXT_DIM,
     SD15_UNET_CHANNELS,
@@ -52,7 +54,8 @@ class MetaPromptsConfig:
     max_depth: float = 10.0
     resize_scale: int = 1
     shift_size: int = 2
-    depth_hidden: int = 32  # deconvolution filters of the fusion and the decoder
+    fusion_hidden: int = 32  # deconvolution filters of the fusion's layer2-4 (fixed at 32 in the reference)
+    decoder_hidden: int = 32  # deconvolution filters of the decoder (the reference's --num_filters)
     decoder_channels: int = 192
     num_classes: int = 150
     labels: str | None = None
@@ -73,6 +76,10 @@ class MetaPromptsConfig:
     @classmethod
     def from_params(cls, params: dict) -> MetaPromptsConfig:
         """From a spec's `family_params` / `genpercept.json` (unknown keys refused)."""
+        params = dict(params)
+        if "depth_hidden" in params:  # folders converted before the two widths were separate: both
+            hidden = params.pop("depth_hidden")
+            params = {"fusion_hidden": hidden, "decoder_hidden": hidden} | params
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(params) - known)
         if unknown:
@@ -155,10 +162,10 @@ class MetaPromptsDepth(_MetaPromptsBase):
         self.meta_prompts = nn.ParameterList(
             [nn.Parameter(torch.zeros(c.num_prompts, c.prompt_dim)) for _ in range(c.refine_step)])
         self.adapters = nn.ModuleList([PromptAdapter(c.prompt_dim) for _ in range(c.refine_step)])
-        self.fusion = heads.DepthFusion(c.unet_channels, c.depth_hidden, c.prompt_dim, c.head_groups)
-        self.decoder = heads.DepthDecoder(c.num_prompts, c.depth_hidden, c.decoder_channels)
-        self.head = heads.DepthOutput(c.decoder_channels)
-        self.tta = tta.DepthTTA(flip=True, shift_size=c.shift_size)
+        self.fusion = DepthFusion(c.unet_channels, c.fusion_hidden, c.prompt_dim, c.head_groups)
+        self.decoder = DepthDecoder(c.num_prompts, c.decoder_hidden, c.decoder_channels)
+        self.head = DepthOutput(c.decoder_channels)
+        self.tta = DepthTTA(flip=True, shift_size=c.shift_size)
 
     def context(self, step: int, batch: int) -> torch.Tensor:
         return self.adapters[step](self.meta_prompts[step]).expand(batch, -1, -1)
@@ -167,18 +174,18 @@ class MetaPromptsDepth(_MetaPromptsBase):
         """One window batch: x [N, 3, h, w] in [-1, 1] -> metres [N, 1, h, w]."""
         h, w = x.shape[-2:]
         grow = self.config.resize_scale
-        x = heads.resize_bilinear(x, ((h // 64 + grow) * 64, (w // 64 + grow) * 64))  # the U-Net wants multiples of 64
+        x = resize_bilinear(x, ((h // 64 + grow) * 64, (w // 64 + grow) * 64))  # the U-Net wants multiples of 64
         features, context = self.refine(self.vae(x))
         maps = _prompt_maps(self.fusion(features), context)  # [N,50,L,L']
-        maps = heads.resize_bilinear(maps, (h // 8, w // 8))
+        maps = resize_bilinear(maps, (h // 8, w // 8))
         raw = self.head(self.decoder(maps))  # [N,1,8(h//8),8(w//8)]
-        return torch.sigmoid(heads.resize_bilinear(raw, (h, w))) * self.config.max_depth
+        return torch.sigmoid(resize_bilinear(raw, (h, w))) * self.config.max_depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        depth = tta.depth_flip_shift_windows(self.predict, x, None, self.tta.shift_size, self.tta.flip)
+        depth = depth_flip_shift_windows(self.predict, x, None, self.tta.shift_size, self.tta.flip)
         # Columns no window covers (KITTI: the last 9 of 1216) are NaN in the reference, which the pipeline
         # would take for an overflow; they lie outside the evaluation crop, so take the nearest covered column.
-        return tta.fill_uncovered_columns(depth)
+        return fill_uncovered_columns(depth)
 
 
 class MetaPromptsSeg(_MetaPromptsBase):
@@ -193,10 +200,10 @@ class MetaPromptsSeg(_MetaPromptsBase):
         c = config
         self.channels = c.num_classes
         self.meta_prompts = nn.Parameter(torch.zeros(c.num_prompts, c.prompt_dim))
-        self.neck = heads.SegNeck(c.unet_channels, c.prompt_dim, c.head_groups)
-        self.decode_head = heads.UPerHead(c.num_prompts, c.seg_channels, c.num_classes)
-        self.auxiliary_head = heads.FCNHead(c.num_prompts, c.seg_channels, c.num_classes)  # training only
-        self.tta = tta.SegTTA(scales=(1.0,), flip=False)
+        self.neck = SegNeck(c.unet_channels, c.prompt_dim, c.head_groups)
+        self.decode_head = UPerHead(c.num_prompts, c.seg_channels, c.num_classes)
+        self.auxiliary_head = FCNHead(c.num_prompts, c.seg_channels, c.num_classes)  # training only
+        self.tta = SegTTA(scales=(1.0,), flip=False)
 
     def context(self, step: int, batch: int) -> torch.Tensor:
         return self.meta_prompts.expand(batch, -1, -1)  # one shared prompt set, no adapter
@@ -205,11 +212,11 @@ class MetaPromptsSeg(_MetaPromptsBase):
         """One crop batch: x [N, 3, h, w] in [-1, 1] -> logits [N, K, h, w]."""
         features, context = self.refine(self.vae(x))
         levels = [_prompt_maps(self.neck.forward_level(i, f), context) for i, f in enumerate(features)]
-        return heads.resize_bilinear(self.decode_head(levels), x.shape[-2:])  # from stride 4
+        return resize_bilinear(self.decode_head(levels), x.shape[-2:])  # from stride 4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
-        return tta.seg_multi_scale_flip(self.predict, x, c.img_scale, c.crop, c.stride, c.num_classes,
+        return seg_multi_scale_flip(self.predict, x, c.img_scale, c.crop, c.stride, c.num_classes,
                                         self.tta.scales, self.tta.flip)
 
 

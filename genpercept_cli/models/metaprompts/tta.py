@@ -8,7 +8,8 @@ columns no window covers are NaN (0 / 0), as in the reference. NYU: 480x640, shi
 KITTI: 352x1216, shift 16 -> stride 57, columns 1207-1215 uncovered.
 
 Segmentation (mmseg 0.30 semantics): the image is rescaled keeping its aspect ratio to fit `img_scale`
-(ADE20K (2048, 512), Cityscapes (2048, 1024)) times each ratio, optionally flipped, and cut into
+(ADE20K (2048, 512), Cityscapes (2048, 1024)) times each ratio - as uint8, by OpenCV's bilinear, which is
+what mmcv's `imrescale` does before mmseg normalises - optionally flipped, and cut into
 crop-sized windows on a stride grid whose last row/column is clamped to the border; window logits are
 averaged per pixel, resized to the original size, turned into probabilities (softmax), flipped back and
 averaged over all augmentations.
@@ -19,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ...errors import GenPerceptError
-from .heads import resize_bilinear
+from ...resize import resize_bilinear
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
@@ -178,6 +180,24 @@ def keep_ratio_size(height: int, width: int, scale: Sequence[float]) -> tuple[in
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
+def imrescale_uint8(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """x [B, 3, H, W] = rgb / 255 * 2 - 1 -> the same for the uint8 images rgb resized to `size` (h, w) by
+    OpenCV's bilinear (INTER_LINEAR, rounded to uint8): mmcv's `imrescale` in mmseg's test-time Resize,
+    which runs before normalisation. x itself when the size does not change.
+
+    The uint8 image is recovered from x by rounding, exact for x in fp32 or fp16 (bf16 has already lost
+    it); OpenCV runs on the CPU, and the result comes back to x's device and dtype.
+    """
+    import cv2
+
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    rgb = ((x.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    height, width = size
+    resized = np.stack([cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR) for image in rgb])
+    return torch.from_numpy(resized).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255.0 * 2.0 - 1.0
+
+
 def aug_scale(img_scale: Sequence[int], ratio: float) -> tuple[int, int]:
     """The img_scale of one test ratio, as mmseg's MultiScaleFlipAug computes it (truncated)."""
     return int(img_scale[0] * ratio), int(img_scale[1] * ratio)
@@ -188,7 +208,7 @@ def seg_multi_scale_flip(predict: Predict, x: torch.Tensor, img_scale: Sequence[
                          flip: bool = False, max_batch: int | None = None) -> torch.Tensor:
     """Class probabilities [B, K, H, W] of x [B, 3, H, W] (at its original size), averaged over scales x flips.
 
-    For each ratio r (and flip): bilinear resize to keep_ratio_size(H, W, aug_scale(img_scale, r)),
+    For each ratio r (and flip): `imrescale_uint8` to keep_ratio_size(H, W, aug_scale(img_scale, r)),
     flip, sliding-window logits, bilinear back to (H, W), softmax over classes, flip back. With
     scales (1.0,) and no flip this is mmseg's single-scale test.
     """
@@ -196,7 +216,7 @@ def seg_multi_scale_flip(predict: Predict, x: torch.Tensor, img_scale: Sequence[
     total = None
     flips = (False, True) if flip else (False,)
     for ratio in scales:
-        scaled = resize_bilinear(x, keep_ratio_size(height, width, aug_scale(img_scale, ratio)))
+        scaled = imrescale_uint8(x, keep_ratio_size(height, width, aug_scale(img_scale, ratio)))
         for flipped in flips:
             view = scaled.flip(-1) if flipped else scaled
             logits = slide_window_logits(predict, view, crop, stride, num_classes, max_batch)
