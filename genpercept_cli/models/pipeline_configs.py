@@ -36,8 +36,17 @@ Outputs, in our conventions (documented deviations from each reference):
   its outputs vary run to run by the VAE's (small) posterior std; ours are deterministic.
 - Marigold one step starts from zeros (deterministic) unless family_params set "sample": "noise" with a
   "noise_seed"; the noise is then drawn per image, so results do not depend on batching.
-- Resizing back is bilinear with antialias for all (Lotus' reference uses nearest), and the input is
-  resized as uint8 (Lotus resizes the normalised float image): SPEC §3 step 1.
+- Pre- and post-processing follow each reference (SPEC §3 step 1; README "Other models"):
+
+  | family   | processed size                 | input resize              | padding            | back to input   |
+  |----------|--------------------------------|---------------------------|--------------------|-----------------|
+  | e2e-ft   | floor: int(side·min(R/W, R/H)) | uint8, rounded            | none               | bilinear, AA    |
+  | lotus-d  | floor                          | uint8, rounded (*)        | none               | bilinear, AA (*)|
+  | marigold | integer: side·R // max(H, W)   | float, not rounded        | edge to ×8, cropped| bilinear, no AA |
+
+  (*) documented deviations: Lotus' reference resizes the normalised float image and resizes back with
+  nearest. Under the floor rule the long side can be one pixel short of R (1070×1000 at 768: 767×717;
+  diffusers gives 768×717).
 """
 
 from __future__ import annotations
@@ -52,7 +61,8 @@ FAMILY_FACTS: dict[str, dict] = {
     "lotus-d": {"timestep": 999, "alpha_bar": 0.0, "parametrization": "x0", "sample": "image",
                 "task_switch": (1, 0), "depth_output": "clip_mean", "normal_output": "clip", "normal_flip": "x"},
     "marigold": {"sample": "zeros", "step": "ddim", "depth_output": "mean_clip", "normal_output": "clip+unit",
-                 "normal_flip": ""},
+                 "normal_flip": "", "size_rule": "integer", "round_input": False, "pad_multiple": 8,
+                 "output_antialias": False},
 }
 FAMILY_DOCS = {
     "e2e-ft": "E2E-FT (Garcia et al., WACV 2025): Marigold or SD2 fine-tuned end to end, one step from zeros.",
