@@ -78,8 +78,12 @@ def _unit(n):  # [3, H, W] -> unit vectors, as our writer and the DSINE metric s
 
 @torch.no_grad()
 def e2e_ft_reference(root, image, task):
-    """diffusion-e2e-ft Marigold/marigold_pipeline.py, single_infer(noise="zeros", 1 step), then __call__."""
-    unet, vae, scheduler = _components(root)
+    """diffusion-e2e-ft Marigold/marigold_pipeline.py, single_infer(noise="zeros", 1 step), then __call__;
+    run.py loads the scheduler with timestep_spacing="trailing" (its default), over the config's own."""
+    from diffusers import DDIMScheduler
+
+    unet, vae, _ = _components(root)
+    scheduler = DDIMScheduler.from_pretrained(root / "scheduler", timestep_spacing="trailing")
     rgb = _image_latent(vae, image)
     scheduler.set_timesteps(1)
     t = scheduler.timesteps[0]
@@ -249,6 +253,14 @@ def test_marigold_float_inputs_batch_and_recover_in_fp32(tmp_path):
     out = half._checked(rgb, torch.full((1, 1, 76, 100), float("nan")))
     assert half.recoveries == 1
     torch.testing.assert_close(out, marigold.predict_batch(rgb), atol=1e-6, rtol=0)
+
+
+def test_e2e_ft_runs_the_trailing_step_whatever_its_scheduler_config_says(photo, tmp_path):
+    """run.py passes timestep_spacing="trailing" when it loads the scheduler: t = 999 even for "leading"."""
+    folder, image = photo
+    root = write_pipeline_repo(tmp_path / "e2e-depth", "e2e-ft", seed=5, scheduler={"timestep_spacing": "leading"})
+    pred = _predict(folder, root, tmp_path / "out")
+    np.testing.assert_allclose(pred, e2e_ft_reference(root, image, "depth"), atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("params,message", [({"normal_flip": "w"}, "normal_flip must be axes among x, y, z"),

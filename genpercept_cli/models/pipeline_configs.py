@@ -47,6 +47,8 @@ Outputs, in our conventions (documented deviations from each reference):
   (*) documented deviations: Lotus' reference resizes the normalised float image and resizes back with
   nearest. Under the floor rule the long side can be one pixel short of R (1070×1000 at 768: 767×717;
   diffusers gives 768×717).
+- Timestep: E2E-FT's run.py loads its scheduler with timestep_spacing="trailing" whatever the config says
+  (SCHEDULER_OVERRIDES), so its one step is at T − 1 even where a config says "leading".
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ FAMILY_FACTS: dict[str, dict] = {
                  "normal_flip": "", "size_rule": "integer", "round_input": False, "pad_multiple": 8,
                  "output_antialias": False},
 }
+# Scheduler settings a family's reference passes when it loads the scheduler, over the config's own.
+SCHEDULER_OVERRIDES: dict[str, dict] = {"e2e-ft": {"timestep_spacing": "trailing"}}
 FAMILY_DOCS = {
     "e2e-ft": "E2E-FT (Garcia et al., WACV 2025): Marigold or SD2 fine-tuned end to end, one step from zeros.",
     "lotus-d": "Lotus-D (He et al., ICLR 2025): SD2 U-Net regressing x0 at t = 999 with a task switcher.",
@@ -85,7 +89,8 @@ def pipeline_params(spec, root) -> dict:
     scheduler config < family facts < the spec's family_params (later wins)."""
     from_configs = {}
     if spec.family != "lotus-d":  # Lotus' reference ignores its scheduler (module docstring)
-        from_configs = scheduler_params(read_json(root / "scheduler" / "scheduler_config.json"))
+        config = read_json(root / "scheduler" / "scheduler_config.json")
+        from_configs = scheduler_params({**config, **SCHEDULER_OVERRIDES.get(spec.family, {})})
     if spec.family == "marigold":  # diffusers' MarigoldNormalsPipeline reads it from model_index.json
         from_configs["full_z_range"] = bool(read_json(root / "model_index.json").get("use_full_z_range", True))
     return {**from_configs, **FAMILY_FACTS[spec.family], **dict(spec.family_params)}
