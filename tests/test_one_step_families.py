@@ -153,8 +153,8 @@ def marigold_reference(root, image, task, noise_seed=None, processing_res=0):
     return pred[0, 0].numpy()
 
 
-REFERENCES = {"e2e-ft": e2e_ft_reference, "e2e-ft-sd": e2e_ft_reference, "lotus-d": lotus_d_reference,
-              "marigold": marigold_reference}
+REFERENCES = {"e2e-ft": e2e_ft_reference, "e2e-ft-sd": e2e_ft_reference, "e2e-ft-sd-4ch": e2e_ft_reference,
+              "lotus-d": lotus_d_reference, "marigold": marigold_reference}
 MARIGOLD_NORMALS = {"_class_name": "MarigoldNormalsPipeline", "prediction_type": "normals",
                     "use_full_z_range": False}  # v0-1 says true; false exercises diffusers' z remap
 
@@ -162,7 +162,8 @@ MARIGOLD_NORMALS = {"_class_name": "MarigoldNormalsPipeline", "prediction_type":
 # ---- predict == the published maths ------------------------------------------------------------------
 
 @pytest.mark.parametrize("release,task", [("e2e-ft", "depth"), ("e2e-ft", "normal"), ("e2e-ft-sd", "depth"),
-                                          ("lotus-d", "depth"), ("lotus-d", "normal"),
+                                          ("e2e-ft-sd", "normal"), ("e2e-ft-sd-4ch", "depth"),
+                                          ("e2e-ft-sd-4ch", "normal"), ("lotus-d", "depth"), ("lotus-d", "normal"),
                                           ("marigold", "depth"), ("marigold", "normal")])
 def test_predict_equals_the_published_inference_maths(release, task, photo, tmp_path):
     folder, image = photo
@@ -276,6 +277,7 @@ def test_bad_family_params_are_one_sentence(params, message, photo, tmp_path):
 # ---- which family a folder is ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("release,family,res", [("e2e-ft", "e2e-ft", 768), ("e2e-ft-sd", "e2e-ft", 768),
+                                                ("e2e-ft-sd-4ch", "e2e-ft", 768),
                                                 ("lotus-d", "lotus-d", 768), ("marigold", "marigold", 768)])
 def test_the_family_is_read_from_the_folder_configs(release, family, res, tmp_path):
     spec = resolve_checkpoint(str(write_pipeline_repo(tmp_path / "some-depth-model", release)))
