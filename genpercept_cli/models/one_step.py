@@ -89,7 +89,8 @@ class OneStepModel(DenseModel):
 
     forward(x): x float [B, 3, h, w] in [-1, 1] -> [B, C, h, w] in [0, 1] (C = 1 for depth, disparity,
     DIS and matting; 3 for normals and seg), NaN where the decoder output was not finite; with a DPT head
-    [B, 1, h', w'] min-maxed per image at the head's native size.
+    [B, 1, h', w'] min-maxed per image at the head's native size. With params.pad_multiple > 1 (Marigold)
+    x is edge-padded to that multiple before encoding and the output cropped back to h x w.
     """
 
     def __init__(self, unet, vae, embedding: torch.Tensor, task: str, params: OneStepParams = OneStepParams(),
