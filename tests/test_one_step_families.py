@@ -266,7 +266,9 @@ def test_e2e_ft_runs_the_trailing_step_whatever_its_scheduler_config_says(photo,
 
 @pytest.mark.parametrize("params,message", [({"normal_flip": "w"}, "normal_flip must be axes among x, y, z"),
                                             ({"depth_output": "median"}, "depth_output must be one of"),
-                                            ({"steps": 4}, "unknown one-step parameters: steps")])
+                                            ({"steps": 4}, "unknown one-step parameters: steps"),
+                                            ({"size_rule": "ceil"}, "size_rule must be one of floor, integer"),
+                                            ({"pad_multiple": 0}, "pad_multiple must be a whole number of pixels")])
 def test_bad_family_params_are_one_sentence(params, message, photo, tmp_path):
     root = write_pipeline_repo(tmp_path / "e2e-depth", "e2e-ft")
     (root / "genpercept.json").write_text(json.dumps({"family_params": params}))
