@@ -259,7 +259,6 @@ def _score_model(ds: EvalDataset, indices: list[int], opts: EvalOptions, pipe, r
     """Run the model on samples `indices` through the runner and score them; returns (index, problem)
     in dataset order."""
     from genpercept_cli.predict import auto_batch_size
-    from genpercept_cli.resize import model_input
     from genpercept_cli.runtime.runner import Job, Loaded, SkipJob, run
 
     keys = ds.keys()
@@ -272,7 +271,7 @@ def _score_model(ds: EvalDataset, indices: list[int], opts: EvalOptions, pipe, r
             size = pipe.processed_size(*sample.image.shape[:2], res)
         except GenPerceptError as exc:
             raise SkipJob(f"{sample.key}: prediction failed ({exc})") from None
-        return Loaded(job, model_input(sample.image, size), sample.image.shape[:2], sample)
+        return Loaded(job, pipe.model_input(sample.image, size), sample.image.shape[:2], sample)
 
     def score(loaded: Loaded, pred) -> str | None:
         sample = loaded.context

@@ -1,7 +1,8 @@
 """Inference with a dense model: the convenience around `DenseModel.forward` (SPEC §3).
 
-    uint8 RGB -> resize (floor, antialias) -> [-1, 1] -> model (GenPercept: VAE encode, U-Net at t = 1,
-    x0 = −v, VAE decode, task head) -> resize back (normals renormalised)
+    uint8 RGB -> resize (the family's size rule, antialias; rounded to uint8 or not) -> [-1, 1] -> model
+    (GenPercept: VAE encode, U-Net at t = 1, x0 = −v, VAE decode, task head) -> resize back (normals
+    renormalised)
 
 `GenPerceptPipeline` holds the model on a device in a compute dtype, runs batches (a half-precision
 batch that overflows is re-run on a separate fp32 copy of the model, never by casting the shared
@@ -47,7 +48,7 @@ class NonFiniteError(GenPerceptError):
 class Launched:
     """A batch queued on the device by `GenPerceptPipeline.launch`, not yet checked or collected."""
 
-    rgb: torch.Tensor  # uint8 [B, 3, h, w] as given (the fp32 retry re-runs it)
+    rgb: torch.Tensor  # [B, 3, h, w] in [0, 255] as given, uint8 or float32 (the fp32 retry re-runs it)
     out: torch.Tensor  # float32 [B, C, h', w'] on the device; its values exist once `ready` has passed
     ready: torch.cuda.Event | None  # CUDA: recorded on the launching stream after the model; else None
 
@@ -187,7 +188,8 @@ class GenPerceptPipeline:
     # -- batches -------------------------------------------------------------------------------
     @torch.inference_mode()
     def predict_batch(self, rgb: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, h, w] (already at processing size) -> float32 [B, C, h', w'] in [0, 1].
+        """[B, 3, h, w] in [0, 255] (`model_input`'s uint8 or float32, at processing size) -> float32
+        [B, C, h', w'] in [0, 1].
 
         Half-precision overflow (inf/NaN) is detected per batch and the batch is re-run on a separate
         fp32 copy of the model (made on first need; the shared weights are never cast).
@@ -224,7 +226,7 @@ class GenPerceptPipeline:
 
     @torch.inference_mode()
     def launch(self, rgb: torch.Tensor) -> Launched:
-        """Queue the model on uint8 [B, 3, h, w] (at processing size) without waiting for it.
+        """Queue the model on [B, 3, h, w] in [0, 255] (`model_input`'s, at processing size) without waiting for it.
 
         On CUDA this returns as soon as the kernels are queued; `finish` collects the result.
         Elsewhere the model has run when this returns."""
@@ -272,10 +274,15 @@ class GenPerceptPipeline:
             return self.model(self.normalise(rgb)).float()
 
     def normalise(self, rgb: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """uint8 [B, 3, h, w] -> the model's input x = rgb / 255 * 2 - 1 on the device, in `dtype`.
+        """[B, 3, h, w] in [0, 255] -> the model's input x = rgb / 255 * 2 - 1 on the device, in `dtype`.
 
-        Uploaded as uint8 (pinned, non-blocking on CUDA) and converted on the device."""
-        return upload(rgb, self.device).to(dtype or self.dtype) / 255.0 * 2.0 - 1.0
+        Uploaded as it is (uint8, or float32 for families that do not round; pinned, non-blocking on
+        CUDA) and converted on the device; a float input is normalised in fp32 before the cast, so a
+        half-precision model sees its fraction as well as it can hold it."""
+        x, dtype = upload(rgb, self.device), dtype or self.dtype
+        if x.is_floating_point():
+            return (x.float() / 255.0 * 2.0 - 1.0).to(dtype)
+        return x.to(dtype) / 255.0 * 2.0 - 1.0
 
     def _fp32(self) -> DenseModel:
         """An fp32 copy of the model, eager (compiled parts are copied as their originals)."""
@@ -296,10 +303,11 @@ class GenPerceptPipeline:
     def postprocess(self, pred: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """[C, h, w] model output -> numpy at the input size: [H, W] (1-channel) or [H, W, C].
 
-        Resized bilinearly, then the task's post-processing (`tasks.Task.postprocess`): [0, 1] outputs
-        clipped there; normals come back as unit vectors n = 2p - 1, renormalised after the resize.
+        Resized bilinearly (with antialias unless the family's reference goes without), then the task's
+        post-processing (`tasks.Task.postprocess`): [0, 1] outputs clipped there; normals come back as
+        unit vectors n = 2p - 1, renormalised after the resize.
         """
-        p = resize_float(pred[None].float(), size)[0]  # [C,H,W]
+        p = resize_float(pred[None].float(), size, self.model.output_antialias)[0]  # [C,H,W]
         p = get_task(self.task).postprocess(p, self.spec.kind)  # e.g. clipped to [0, 1]; normals: unit vectors
         return _host_array(p)
 
@@ -316,7 +324,7 @@ class GenPerceptPipeline:
         outs: list[torch.Tensor] = [preds] * len(sizes)  # placeholders, all replaced below
         for size in dict.fromkeys(tuple(s) for s in sizes):
             index = [i for i, s in enumerate(sizes) if tuple(s) == size]
-            resized = resize_float(preds[index].float(), size)  # [n,C,H,W]
+            resized = resize_float(preds[index].float(), size, self.model.output_antialias)  # [n,C,H,W]
             for row, i in zip(resized, index):
                 outs[i] = task.postprocess(row, self.spec.kind)  # [C',H,W], any channel count
         if not (preds.device.type == "cuda" if one_copy is None else one_copy):
@@ -332,13 +340,17 @@ class GenPerceptPipeline:
         """The size the model sees for an image of height x width (the model's size rule)."""
         return self.model.processed_size(height, width, processing_res)
 
+    def model_input(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """uint8 [H, W, 3] -> the model's [1, 3, h, w] in [0, 255] at `size` (uint8, or float32 for a
+        family whose reference does not round the resized image: `DenseModel.model_input`)."""
+        return self.model.model_input(image, size)
+
     def __call__(self, images, processing_res: int | None = None, batch_size: int = 1):
         """Predict for one uint8 [H, W, 3] image or a list of them; returns the same arity.
 
         Images are bucketed by processed size and stacked `batch_size` at a time (the one runner).
         Raises GenPerceptError for an image too thin for the model or a batch that fails.
         """
-        from .resize import model_input
         from .runtime.runner import Job, Loaded, run
 
         single = isinstance(images, np.ndarray)
@@ -349,7 +361,7 @@ class GenPerceptPipeline:
 
         def load(job: Job) -> Loaded:
             image = images[job.index]
-            return Loaded(job, model_input(image, job.size), image.shape[:2])
+            return Loaded(job, self.model_input(image, job.size), image.shape[:2])
 
         def keep(loaded: Loaded, prediction: np.ndarray) -> None:
             results[loaded.job.index] = prediction

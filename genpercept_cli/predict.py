@@ -300,7 +300,6 @@ def run_predict(
     `GlobalProgress` on every rank.
     """
     from .outputs import write_prediction
-    from .resize import model_input
     from .runtime.distributed import Dist
     from .runtime.runner import Loaded, run
 
@@ -316,7 +315,7 @@ def run_predict(
 
     def load(job) -> Loaded:
         image = read_rgb(images[job.index].path)
-        return Loaded(job, model_input(image, job.size), image.shape[:2], image if keep_image else None)
+        return Loaded(job, pipe.model_input(image, job.size), image.shape[:2], image if keep_image else None)
 
     def write(loaded: Loaded, prediction) -> None:
         item = images[loaded.job.index]

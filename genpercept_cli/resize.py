@@ -1,7 +1,12 @@
-"""The size rule and the one resize of the tool (SPEC §3 step 1), used by every model and runner.
+"""The size rules and the one resize of the tool (SPEC §3 step 1), used by every model and runner.
 
-    uint8 [H, W, 3] -> uint8 [1, 3, h, w]: long side to `processing_res` (floor), bilinear with antialias
-    computed in float and rounded, as torchvision v1 resizes uint8 tensors.
+    uint8 [H, W, 3] -> [1, 3, h, w]: long side to `processing_res` by the family's size rule, bilinear
+    with antialias computed in float, then rounded to uint8 as torchvision v1 resizes uint8 tensors
+    (GenPercept, E2E-FT, Lotus-D) or kept in float (Marigold, as diffusers resizes the float image).
+
+Size rules: "floor" (GenPercept's, E2E-FT's and Lotus' code) scales by f = min(R/W, R/H) and floors, so
+the long side may come out one pixel short of R (1070x1000 at 768: 767x717); "integer" (diffusers'
+Marigold) computes side * R // max(H, W) in integers (768x717).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import torch.nn.functional as F
 from .errors import GenPerceptError
 
 MIN_SIDE = 8  # the VAE encoder halves three times; thinner inputs break its strided convolutions
+SIZE_RULES = ("floor", "integer")
 
 
 def check_processing_res(processing_res: int, name: str = "processing_res") -> int:
@@ -26,14 +32,17 @@ def check_processing_res(processing_res: int, name: str = "processing_res") -> i
     return processing_res
 
 
-def processed_size(height: int, width: int, processing_res: int) -> tuple[int, int]:
-    """(h, w) after scaling the long side to `processing_res` (floor); 0 keeps the native size.
+def processed_size(height: int, width: int, processing_res: int, rule: str = "floor") -> tuple[int, int]:
+    """(h, w) after scaling the long side to `processing_res` by `rule` (SIZE_RULES, module docstring);
+    0 keeps the native size.
 
     Raises GenPerceptError when the short side would be under MIN_SIDE pixels; the message gives sizes
     as width x height, the way image sizes are written.
     """
     if processing_res == 0:
         size = height, width
+    elif rule == "integer":
+        size = height * processing_res // max(height, width), width * processing_res // max(height, width)
     else:
         scale = min(processing_res / width, processing_res / height)
         size = int(height * scale), int(width * scale)
@@ -47,11 +56,12 @@ def processed_size(height: int, width: int, processing_res: int) -> tuple[int, i
     return size
 
 
-def resize_float(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize with antialias of a float tensor [B, C, H, W] (the one resize of the tool)."""
+def resize_float(x: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> torch.Tensor:
+    """Bilinear resize with antialias of a float tensor [B, C, H, W] (the one resize of the tool);
+    antialias=False where a family's reference resizes its prediction back without it (Marigold)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)
 
 
 def resize_bilinear(x: torch.Tensor, size) -> torch.Tensor:
@@ -72,18 +82,33 @@ def resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resize_float(x.float(), size).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """[B, C, h, w] -> [B, C, h', w'] with h', w' the next multiples of `multiple`, the last row and
+    column repeated at the bottom and right (diffusers' Marigold pads so before encoding); crop with
+    [..., :h, :w]."""
+    pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+    if not (pad_h or pad_w):
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> uint8 [1, 3, H, W]."""
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].contiguous()
 
 
-def model_input(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 [H, W, 3] -> the model's uint8 [1, 3, h, w]: `resize_uint8` one channel at a time.
+def model_input(image: np.ndarray, size: tuple[int, int], rounded: bool = True) -> torch.Tensor:
+    """uint8 [H, W, 3] -> the model's [1, 3, h, w] in [0, 255]: uint8 by `resize_uint8` or, with
+    rounded=False, float32 by `resize_float` (no rounding), one channel at a time.
 
     The resize works on each channel alone, so the result is the same as resizing all three at once,
     while the float32 working copy is one channel (H*W*4 bytes) instead of three.
     """
-    return torch.cat([resize_uint8(image_to_tensor(image[..., c : c + 1]), size) for c in range(3)], dim=1)
+    def one(c: int) -> torch.Tensor:
+        channel = image_to_tensor(image[..., c : c + 1])  # uint8 [1,1,H,W]
+        return resize_uint8(channel, size) if rounded else resize_float(channel.float(), size)
+
+    return torch.cat([one(c) for c in range(3)], dim=1)
 
 
 def upload(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:

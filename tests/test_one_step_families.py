@@ -43,9 +43,9 @@ def photo(tmp_path_factory):
     return folder, image
 
 
-def _predict(folder, ckpt, out) -> np.ndarray:
+def _predict(folder, ckpt, out, processing_res: int = 0) -> np.ndarray:
     result = CliRunner().invoke(app, ["predict", str(folder), "-c", str(ckpt), "-o", str(out),
-                                      "--processing-res", "0", "--formats", "npy"])
+                                      "--processing-res", str(processing_res), "--formats", "npy"])
     assert result.exit_code == 0, result.output
     return np.load(out / "a_pred.npy")
 
@@ -78,8 +78,12 @@ def _unit(n):  # [3, H, W] -> unit vectors, as our writer and the DSINE metric s
 
 @torch.no_grad()
 def e2e_ft_reference(root, image, task):
-    """diffusion-e2e-ft Marigold/marigold_pipeline.py, single_infer(noise="zeros", 1 step), then __call__."""
-    unet, vae, scheduler = _components(root)
+    """diffusion-e2e-ft Marigold/marigold_pipeline.py, single_infer(noise="zeros", 1 step), then __call__;
+    run.py loads the scheduler with timestep_spacing="trailing" (its default), over the config's own."""
+    from diffusers import DDIMScheduler
+
+    unet, vae, _ = _components(root)
+    scheduler = DDIMScheduler.from_pretrained(root / "scheduler", timestep_spacing="trailing")
     rgb = _image_latent(vae, image)
     scheduler.set_timesteps(1)
     t = scheduler.timesteps[0]
@@ -112,11 +116,21 @@ def lotus_d_reference(root, image, task):
 
 
 @torch.no_grad()
-def marigold_reference(root, image, task, noise_seed=None):
-    """diffusers MarigoldDepth/NormalsPipeline at one step, ensemble 1: x_T = zeros (or a seeded N(0, 1)),
-    scheduler.step(...).prev_sample, decode, then depth mean/clip or normals clip/normalise."""
+def marigold_reference(root, image, task, noise_seed=None, processing_res=0):
+    """diffusers MarigoldDepth/NormalsPipeline at one step, ensemble 1. MarigoldImageProcessor.preprocess:
+    uint8 / 255 in float, * 2 - 1, long side to processing_res in integers (side * R // max(H, W)),
+    bilinear with antialias, no rounding, edge-padded (bottom, right) to a multiple of 8. Then x_T = zeros
+    (or a seeded N(0, 1)), scheduler.step(...).prev_sample, decode, depth mean/clip or normals clip/normalise,
+    the padding cropped off, bilinear back to the input size *without* antialias (normals renormalised)."""
     unet, vae, scheduler = _components(root)
-    rgb = _image_latent(vae, image)
+    height, width = image.shape[:2]
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0 * 2.0 - 1.0  # [1,3,H,W]
+    if processing_res:
+        size = (height * processing_res // max(height, width), width * processing_res // max(height, width))
+        x = torch.nn.functional.interpolate(x, size, mode="bilinear", antialias=True)
+    h, w = x.shape[-2:]
+    x = torch.nn.functional.pad(x, (0, -w % 8, 0, -h % 8), mode="replicate")
+    rgb = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
     scheduler.set_timesteps(1)
     t = scheduler.timesteps[0]
     if noise_seed is None:
@@ -125,17 +139,22 @@ def marigold_reference(root, image, task, noise_seed=None):
         target = torch.randn(rgb.shape, generator=torch.Generator().manual_seed(noise_seed))
     out = unet(torch.cat([rgb, target], dim=1), t, encoder_hidden_states=_empty_prompt()).sample
     target = scheduler.step(out, t, target).prev_sample
-    y = vae.decode(target / vae.config.scaling_factor).sample[0]
+    y = vae.decode(target / vae.config.scaling_factor).sample  # [1,3,8h',8w']
     if task == "normal":
         n = y.clip(-1.0, 1.0)
         if not json.loads((root / "model_index.json").read_text()).get("use_full_z_range", True):
-            n[2] = n[2] * 0.5 + 0.5
-        return (n / torch.norm(n, dim=0, keepdim=True).clamp(min=1e-6)).numpy().transpose(1, 2, 0)
-    return ((y.mean(0).clip(-1.0, 1.0) + 1.0) / 2.0).numpy()
+            n[:, 2] = n[:, 2] * 0.5 + 0.5
+        pred = n / torch.norm(n, dim=1, keepdim=True).clamp(min=1e-6)
+    else:
+        pred = (y.mean(1, keepdim=True).clip(-1.0, 1.0) + 1.0) / 2.0
+    pred = torch.nn.functional.interpolate(pred[..., :h, :w], (height, width), mode="bilinear", antialias=False)
+    if task == "normal":
+        return _unit(pred[0].numpy()).transpose(1, 2, 0)
+    return pred[0, 0].numpy()
 
 
-REFERENCES = {"e2e-ft": e2e_ft_reference, "e2e-ft-sd": e2e_ft_reference, "lotus-d": lotus_d_reference,
-              "marigold": marigold_reference}
+REFERENCES = {"e2e-ft": e2e_ft_reference, "e2e-ft-sd": e2e_ft_reference, "e2e-ft-sd-4ch": e2e_ft_reference,
+              "lotus-d": lotus_d_reference, "marigold": marigold_reference}
 MARIGOLD_NORMALS = {"_class_name": "MarigoldNormalsPipeline", "prediction_type": "normals",
                     "use_full_z_range": False}  # v0-1 says true; false exercises diffusers' z remap
 
@@ -143,7 +162,8 @@ MARIGOLD_NORMALS = {"_class_name": "MarigoldNormalsPipeline", "prediction_type":
 # ---- predict == the published maths ------------------------------------------------------------------
 
 @pytest.mark.parametrize("release,task", [("e2e-ft", "depth"), ("e2e-ft", "normal"), ("e2e-ft-sd", "depth"),
-                                          ("lotus-d", "depth"), ("lotus-d", "normal"),
+                                          ("e2e-ft-sd", "normal"), ("e2e-ft-sd-4ch", "depth"),
+                                          ("e2e-ft-sd-4ch", "normal"), ("lotus-d", "depth"), ("lotus-d", "normal"),
                                           ("marigold", "depth"), ("marigold", "normal")])
 def test_predict_equals_the_published_inference_maths(release, task, photo, tmp_path):
     folder, image = photo
@@ -165,9 +185,90 @@ def test_marigold_with_seeded_noise_draws_what_the_seed_gives(photo, tmp_path):
     assert np.abs(pred - marigold_reference(root, image, "depth")).max() > 1e-3  # the noise matters
 
 
+# ---- each family's pre- and post-processing, as its reference does it --------------------------------------
+
+def _pipes(tmp_path, *releases):
+    from genpercept_cli.pipeline import GenPerceptPipeline
+
+    return [GenPerceptPipeline.from_checkpoint(str(write_pipeline_repo(tmp_path / f"{r}-depth", r)), device="cpu",
+                                               dtype="fp32", fast_path=False) for r in releases]
+
+
+def test_marigold_sizes_in_integers_as_diffusers_and_the_others_floor(tmp_path):
+    """diffusers: side * R // max(H, W); GenPercept's, E2E-FT's and Lotus' code: int(side * min(R/W, R/H))."""
+    marigold, e2e_ft = _pipes(tmp_path, "marigold", "e2e-ft")
+    sizes = [(h, w) for h in range(300, 1500, 29) for w in range(300, 1500, 31)] + [(1000, 1070)]
+    differ = 0
+    for h, w in sizes:
+        integer = (h * 768 // max(h, w), w * 768 // max(h, w))
+        scale = min(768 / w, 768 / h)
+        floor = (int(h * scale), int(w * scale))
+        assert marigold.processed_size(h, w, 768) == integer, (h, w)
+        assert e2e_ft.processed_size(h, w, 768) == floor, (h, w)
+        differ += integer != floor
+    assert differ > 0.02 * len(sizes)  # the two rules differ often enough for this to tell them apart
+    assert marigold.processed_size(1000, 1070, 768) == (717, 768)
+    assert e2e_ft.processed_size(1000, 1070, 768) == (717, 767)
+
+
+def test_marigold_input_is_the_float_resize_and_the_others_round_to_uint8(tmp_path):
+    marigold, e2e_ft = _pipes(tmp_path, "marigold", "e2e-ft")
+    image = np.random.default_rng(4).integers(0, 256, (73, 96, 3), dtype=np.uint8)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()  # [1,3,73,96] in [0,255]
+    resized = torch.nn.functional.interpolate(x, (76, 100), mode="bilinear", antialias=True)
+    got = marigold.model_input(image, (76, 100))
+    assert got.dtype == torch.float32 and not torch.equal(got, got.round())
+    torch.testing.assert_close(got, resized, atol=1e-4, rtol=0)
+    rounded = e2e_ft.model_input(image, (76, 100))
+    assert rounded.dtype == torch.uint8 and torch.equal(rounded, resized.round().clamp(0, 255).to(torch.uint8))
+
+
+@pytest.mark.parametrize("task", ["depth", "normal"])
+@pytest.mark.parametrize("res", [0, 100, 56])  # native 73x96 (padded to 80x96), up to 76x100, down to 42x56
+def test_marigold_pads_crops_and_resizes_as_diffusers(task, res, tmp_path):
+    image = np.random.default_rng(8).integers(0, 256, (73, 96, 3), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "a.png")
+    index = MARIGOLD_NORMALS if task == "normal" else None
+    root = write_pipeline_repo(tmp_path / f"tiny-marigold-{task}", "marigold", seed=9, index=index)
+    pred = _predict(tmp_path / "in", root, tmp_path / "out", processing_res=res)
+    expected = marigold_reference(root, image, task, processing_res=res)
+    assert pred.shape == expected.shape
+    np.testing.assert_allclose(pred, expected, atol=2e-5, rtol=0)
+
+
+def test_marigold_float_inputs_batch_and_recover_in_fp32(tmp_path):
+    """Float inputs stack into batches exactly, and a non-finite half-precision batch re-runs in fp32."""
+    from genpercept_cli.pipeline import GenPerceptPipeline
+
+    (marigold,) = _pipes(tmp_path, "marigold")
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (73, 96, 3), dtype=np.uint8) for _ in range(3)]
+    batched = marigold(images, processing_res=100, batch_size=3)
+    for image, pred in zip(images, batched):
+        np.testing.assert_allclose(pred, marigold(image, processing_res=100), atol=1e-6, rtol=0)
+    half = GenPerceptPipeline(marigold.model, marigold.spec, "cpu", torch.bfloat16)
+    rgb = marigold.model_input(images[0], (76, 100))  # float32 [1,3,76,100]
+    x = half.normalise(rgb)  # normalised in fp32, then cast
+    assert x.dtype == torch.bfloat16 and torch.equal(x, (rgb / 255.0 * 2.0 - 1.0).to(torch.bfloat16))
+    out = half._checked(rgb, torch.full((1, 1, 76, 100), float("nan")))
+    assert half.recoveries == 1
+    torch.testing.assert_close(out, marigold.predict_batch(rgb), atol=1e-6, rtol=0)
+
+
+def test_e2e_ft_runs_the_trailing_step_whatever_its_scheduler_config_says(photo, tmp_path):
+    """run.py passes timestep_spacing="trailing" when it loads the scheduler: t = 999 even for "leading"."""
+    folder, image = photo
+    root = write_pipeline_repo(tmp_path / "e2e-depth", "e2e-ft", seed=5, scheduler={"timestep_spacing": "leading"})
+    pred = _predict(folder, root, tmp_path / "out")
+    np.testing.assert_allclose(pred, e2e_ft_reference(root, image, "depth"), atol=2e-5, rtol=0)
+
+
 @pytest.mark.parametrize("params,message", [({"normal_flip": "w"}, "normal_flip must be axes among x, y, z"),
                                             ({"depth_output": "median"}, "depth_output must be one of"),
-                                            ({"steps": 4}, "unknown one-step parameters: steps")])
+                                            ({"steps": 4}, "unknown one-step parameters: steps"),
+                                            ({"size_rule": "ceil"}, "size_rule must be one of floor, integer"),
+                                            ({"pad_multiple": 0}, "pad_multiple must be a whole number of pixels")])
 def test_bad_family_params_are_one_sentence(params, message, photo, tmp_path):
     root = write_pipeline_repo(tmp_path / "e2e-depth", "e2e-ft")
     (root / "genpercept.json").write_text(json.dumps({"family_params": params}))
@@ -178,6 +279,7 @@ def test_bad_family_params_are_one_sentence(params, message, photo, tmp_path):
 # ---- which family a folder is ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("release,family,res", [("e2e-ft", "e2e-ft", 768), ("e2e-ft-sd", "e2e-ft", 768),
+                                                ("e2e-ft-sd-4ch", "e2e-ft", 768),
                                                 ("lotus-d", "lotus-d", 768), ("marigold", "marigold", 768)])
 def test_the_family_is_read_from_the_folder_configs(release, family, res, tmp_path):
     spec = resolve_checkpoint(str(write_pipeline_repo(tmp_path / "some-depth-model", release)))

@@ -7,7 +7,8 @@
 
 (text_encoder/, tokenizer/ and feature_extractor/ are left out: nothing reads them.) U-Net and VAE have
 SD2's block layout at tiny widths (benchmarks.speed.presets), with the released input channels and
-class embedding: E2E-FT and Marigold 8 channels, Lotus-D 4 with a 4-input projection class embedding.
+class embedding: E2E-FT (Marigold- or SD-based, trained with --noise_type zeros) and Marigold 8 channels,
+an E2E-FT fine-tune without a noise type 4, Lotus-D 4 with a 4-input projection class embedding.
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ RELEASES = {
         {**SD_DDIM, "_diffusers_version": "0.31.0.dev0", "timestep_spacing": "trailing"},
         {"in_channels": 8},
     ),
-    "e2e-ft-sd": (  # an SD-based E2E-FT release with SD2's 4-channel conv_in
+    "e2e-ft-sd": (  # GonzaloMG/stable-diffusion-e2e-ft-depth: trained with --noise_type zeros, which doubles
+        # SD2's conv_in to 8 channels ([image latent, zeros])
+        {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.31.0.dev0", **_COMPONENTS},
+        {**SD_DDIM, "_diffusers_version": "0.31.0.dev0", "timestep_spacing": "trailing"},
+        {"in_channels": 8},
+    ),
+    "e2e-ft-sd-4ch": (  # an SD fine-tune trained without --noise_type: SD2's 4-channel conv_in, image latent only
         {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.31.0.dev0", **_COMPONENTS},
         {**SD_DDIM, "_diffusers_version": "0.31.0.dev0", "timestep_spacing": "trailing"},
         {"in_channels": 4},

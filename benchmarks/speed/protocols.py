@@ -161,6 +161,9 @@ class PipeStandIn:
     def processed_size(self, height: int, width: int, processing_res: int):
         return self.pipe.processed_size(height, width, processing_res)
 
+    def model_input(self, image, size):
+        return self.pipe.model_input(image, size)
+
 
 class MarigoldBaseline(PipeStandIn):
     """`predict_batch` runs the multi-step protocol (a `PipeStandIn`).

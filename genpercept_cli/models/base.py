@@ -15,7 +15,7 @@ from torch import nn
 
 from ..checkpoints import OUTPUT_KINDS  # noqa: F401  (re-exported)
 from ..errors import CheckpointError
-from ..resize import processed_size
+from ..resize import model_input, processed_size
 
 
 class DenseModel(nn.Module):
@@ -29,10 +29,19 @@ class DenseModel(nn.Module):
     task: str = ""
     output_kind: str = ""
     channels: int = 1
+    # How the family's reference prepares the input and resizes the prediction back (resize.py):
+    size_rule: str = "floor"  # resize.SIZE_RULES
+    rounds_input: bool = True  # the resized image is rounded to uint8 (False: kept in float)
+    output_antialias: bool = True  # the prediction goes back to the input size with antialias
 
     def processed_size(self, height: int, width: int, processing_res: int) -> tuple[int, int]:
         """The size the model sees for an image of `height` x `width` (the family's size rule)."""
-        return processed_size(height, width, processing_res)
+        return processed_size(height, width, processing_res, self.size_rule)
+
+    def model_input(self, image, size: tuple[int, int]) -> torch.Tensor:
+        """uint8 [H, W, 3] -> [1, 3, h, w] in [0, 255] at `size`: uint8, or float32 where the family's
+        reference resizes without rounding (`rounds_input`)."""
+        return model_input(image, size, rounded=self.rounds_input)
 
 
 @dataclass(frozen=True)

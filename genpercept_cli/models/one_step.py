@@ -22,6 +22,7 @@ import genpercept_cli.models.sd as sd  # the module itself, not a name of our pa
 from ..dpt import DPTHead, minmax_per_image, prepare_dpt_unet, strip_unet_head_keys, unet_up_block_features
 from ..errors import CheckpointError
 from ..loading import empty_text_embedding, load_unet, load_vae
+from ..resize import SIZE_RULES, pad_to_multiple
 from ..tasks import TASKS
 from .base import DenseModel, Family, register_family
 from .pipeline_configs import FAMILY_DOCS, pipeline_params
@@ -32,6 +33,9 @@ CHOICES = {  # field -> allowed values, checked when a spec's parameters are rea
     "step": ("x0", "ddim"),
     "depth_output": ("mean_clip", "clip_mean", "minmax"),
     "normal_output": ("clip", "unit", "clip+unit"),
+    "size_rule": SIZE_RULES,
+    "round_input": (True, False),
+    "output_antialias": (True, False),
 }
 
 
@@ -52,6 +56,11 @@ class OneStepParams:
     normal_output: str = "clip"  # normals: clip to [-1, 1] | n / (|n| + 1e-5) | clip, then n / |n|
     normal_flip: str = ""  # axes negated to bring the model's normal frame to ours (tasks.normal)
     full_z_range: bool = True  # False: the model's z lives in [-1, 1] for [0, 1] (Marigold's use_full_z_range)
+    # Pre- and post-processing of the family's reference (resize.py; README "Other models"):
+    size_rule: str = "floor"  # "floor": int(side * min(R/W, R/H)); "integer": side * R // max(H, W)
+    round_input: bool = True  # the resized image is rounded to uint8 before normalising
+    pad_multiple: int = 1  # the normalised image is edge-padded (bottom, right) to a multiple; output cropped
+    output_antialias: bool = True  # the prediction is resized back to the input size with antialias
 
     @classmethod
     def from_spec(cls, spec, params: dict | None = None) -> OneStepParams:
@@ -67,6 +76,10 @@ class OneStepParams:
         flip = params.get("normal_flip", "")
         if not isinstance(flip, str) or set(flip) - set("xyz"):
             raise CheckpointError(f"checkpoint {spec.name!r}: normal_flip must be axes among x, y, z, not {flip!r}.")
+        pad = params.get("pad_multiple", 1)
+        if not isinstance(pad, int) or isinstance(pad, bool) or pad < 1:
+            raise CheckpointError(f"checkpoint {spec.name!r}: pad_multiple must be a whole number of pixels, "
+                                  f"at least 1, not {pad!r}.")
         if params.get("task_switch") is not None:
             params["task_switch"] = tuple(params["task_switch"])
         return cls(**params)
@@ -77,7 +90,8 @@ class OneStepModel(DenseModel):
 
     forward(x): x float [B, 3, h, w] in [-1, 1] -> [B, C, h, w] in [0, 1] (C = 1 for depth, disparity,
     DIS and matting; 3 for normals and seg), NaN where the decoder output was not finite; with a DPT head
-    [B, 1, h', w'] min-maxed per image at the head's native size.
+    [B, 1, h', w'] min-maxed per image at the head's native size. With params.pad_multiple > 1 (Marigold)
+    x is edge-padded to that multiple before encoding and the output cropped back to h x w.
     """
 
     def __init__(self, unet, vae, embedding: torch.Tensor, task: str, params: OneStepParams = OneStepParams(),
@@ -91,6 +105,8 @@ class OneStepModel(DenseModel):
         self.scale = sd.latent_scale(vae)
         self.tiled_decode_above: int | None = None  # image pixels above which `decode` goes tile by tile
         self.in_channels = unet.config.in_channels  # 8: [image latent, x_t]; kept, as compiling hides .config
+        self.size_rule, self.rounds_input = params.size_rule, params.round_input
+        self.output_antialias = params.output_antialias
         switch = params.task_switch
         labels = None if switch is None else torch.tensor(switch, dtype=embedding.dtype)[None]  # [1, K]
         self.register_buffer("class_labels", None if labels is None else torch.cat([labels.sin(), labels.cos()], 1),
@@ -187,10 +203,12 @@ class OneStepModel(DenseModel):
             self.dpt_head = wrap(self.dpt_head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = pad_to_multiple(x, self.params.pad_multiple)  # Marigold: whole latents, no lost rows/columns
         latent = self.encode(x)  # [B,4,h/8,w/8]
         if self.dpt_head is not None:
             return self.dpt_predict(latent)
-        return self.head(self.decode(self.denoise(latent)))
+        return self.head(self.decode(self.denoise(latent)))[..., :h, :w]  # the padding cropped off
 
 
 def build_one_step(files, dtype: torch.dtype = torch.float32) -> OneStepModel:

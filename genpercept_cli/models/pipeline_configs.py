@@ -36,8 +36,19 @@ Outputs, in our conventions (documented deviations from each reference):
   its outputs vary run to run by the VAE's (small) posterior std; ours are deterministic.
 - Marigold one step starts from zeros (deterministic) unless family_params set "sample": "noise" with a
   "noise_seed"; the noise is then drawn per image, so results do not depend on batching.
-- Resizing back is bilinear with antialias for all (Lotus' reference uses nearest), and the input is
-  resized as uint8 (Lotus resizes the normalised float image): SPEC §3 step 1.
+- Pre- and post-processing follow each reference (SPEC §3 step 1; README "Other models"):
+
+  | family   | processed size                 | input resize              | padding            | back to input   |
+  |----------|--------------------------------|---------------------------|--------------------|-----------------|
+  | e2e-ft   | floor: int(side·min(R/W, R/H)) | uint8, rounded            | none               | bilinear, AA    |
+  | lotus-d  | floor                          | uint8, rounded (*)        | none               | bilinear, AA (*)|
+  | marigold | integer: side·R // max(H, W)   | float, not rounded        | edge to ×8, cropped| bilinear, no AA |
+
+  (*) documented deviations: Lotus' reference resizes the normalised float image and resizes back with
+  nearest. Under the floor rule the long side can be one pixel short of R (1070×1000 at 768: 767×717;
+  diffusers gives 768×717).
+- Timestep: E2E-FT's run.py loads its scheduler with timestep_spacing="trailing" whatever the config says
+  (SCHEDULER_OVERRIDES), so its one step is at T − 1 even where a config says "leading".
 """
 
 from __future__ import annotations
@@ -53,8 +64,11 @@ FAMILY_FACTS: dict[str, dict] = {
     "lotus-d": {"timestep": 999, "alpha_bar": 0.0, "parametrization": "x0", "sample": "image",
                 "task_switch": (1, 0), "depth_output": "clip_mean", "normal_output": "clip", "normal_flip": "x"},
     "marigold": {"sample": "zeros", "step": "ddim", "depth_output": "mean_clip", "normal_output": "clip+unit",
-                 "normal_flip": ""},
+                 "normal_flip": "", "size_rule": "integer", "round_input": False, "pad_multiple": 8,
+                 "output_antialias": False},
 }
+# Scheduler settings a family's reference passes when it loads the scheduler, over the config's own.
+SCHEDULER_OVERRIDES: dict[str, dict] = {"e2e-ft": {"timestep_spacing": "trailing"}}
 FAMILY_DOCS = {
     "e2e-ft": "E2E-FT (Garcia et al., WACV 2025): Marigold or SD2 fine-tuned end to end, one step from zeros.",
     "lotus-d": "Lotus-D (He et al., ICLR 2025): SD2 U-Net regressing x0 at t = 999 with a task switcher.",
@@ -76,7 +90,8 @@ def pipeline_params(spec, root) -> dict:
     scheduler config < family facts < the spec's family_params (later wins)."""
     from_configs = {}
     if spec.family != "lotus-d":  # Lotus' reference ignores its scheduler (module docstring)
-        from_configs = scheduler_params(read_json(root / "scheduler" / "scheduler_config.json"))
+        config = read_json(root / "scheduler" / "scheduler_config.json")
+        from_configs = scheduler_params({**config, **SCHEDULER_OVERRIDES.get(spec.family, {})})
     if spec.family == "marigold":  # diffusers' MarigoldNormalsPipeline reads it from model_index.json
         from_configs["full_z_range"] = bool(read_json(root / "model_index.json").get("use_full_z_range", True))
     return {**from_configs, **FAMILY_FACTS[spec.family], **dict(spec.family_params)}

@@ -51,7 +51,7 @@ class Loaded:
     """A loaded job: the model input, the size the prediction goes back to, and what the sink needs."""
 
     job: Job
-    rgb: torch.Tensor  # uint8 [1, 3, h, w] at the processed size
+    rgb: torch.Tensor  # [1, 3, h, w] in [0, 255] at the processed size (`pipe.model_input`: uint8 or float32)
     size: tuple[int, int]  # (H, W) of the input image: post-processing resizes the prediction to it
     context: Any = None
 
@@ -219,7 +219,7 @@ def _queue_depth(pipe, overlap: bool) -> int:
 
 
 def _run_or_split(run_batch, batch: list[Loaded], report: RunReport, describe) -> list[tuple[list[Loaded], Any]]:
-    """[(part, run_batch(part's uint8 inputs))] for the parts of `batch` that ran, in order.
+    """[(part, run_batch(part's model inputs))] for the parts of `batch` that ran, in order.
 
     run_batch is `pipe.predict_batch` or `pipe.launch`. On out-of-memory the batch is halved until single
     inputs fail; failed inputs are left out, with a line in the report."""
