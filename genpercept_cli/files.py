@@ -32,8 +32,8 @@ LOW_SPACE_BYTES = 1 << 20
 def is_disk_full(exc: BaseException, path: Path | None = None) -> bool:
     """Whether `exc` (or an exception it was raised from) means the disk is full: an OSError with ENOSPC or
     EDQUOT, or its text ("No space left on device", safetensors' "os error 28"); or, with `path` (the file
-    or folder being written), any OSError/RuntimeError while the filesystem holding `path` has less than
-    LOW_SPACE_BYTES free. The one test for a full disk: every writer's error goes through it."""
+    or folder being written), a RuntimeError or an OSError without errno while the filesystem holding
+    `path` has less than LOW_SPACE_BYTES free. The one test for a full disk: every writer's error goes through it."""
     seen, chain = set(), exc
     while chain is not None and id(chain) not in seen:
         seen.add(id(chain))
@@ -42,7 +42,8 @@ def is_disk_full(exc: BaseException, path: Path | None = None) -> bool:
         if any(text in str(chain).lower() for text in _DISK_FULL_TEXT):
             return True
         chain = chain.__cause__ or chain.__context__
-    return path is not None and isinstance(exc, (OSError, RuntimeError)) and free_bytes(path) < LOW_SPACE_BYTES
+    lost_errno = isinstance(exc, RuntimeError) or (isinstance(exc, OSError) and exc.errno is None)
+    return path is not None and lost_errno and free_bytes(path) < LOW_SPACE_BYTES
 
 
 def free_bytes(path: Path) -> float:

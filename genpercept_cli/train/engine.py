@@ -29,7 +29,7 @@ from torch import nn
 
 from ..dpt import DPTHead, prepare_dpt_unet, strip_unet_head_keys, unet_up_block_features
 from ..errors import GenPerceptError
-from ..files import atomic_write
+from ..files import atomic_write, check_writable, disk_full_error, is_disk_full
 from ..loading import empty_text_embedding, load_unet, load_vae
 from ..models import sd
 from ..models.one_step import OneStepModel, OneStepParams
@@ -191,6 +191,7 @@ class Trainer:
         fixed = None if cfg.model.timestep == "random" else int(cfg.model.timestep)
         self.plan = train_data.BatchPlan([len(s) for s in self.sources], [s.ratio for s in cfg.data.sources],
                                          cfg.seed, cfg.data.flip_p, fixed)
+        check_writable(self.run, "output", folder=True)  # read-only or full: refused before the model loads
         # the newest checkpoint's state, read before the model: a missing or corrupt one is refused at once
         self.resumed_from, state = export.resume_point(self.run)
         self.model = build_model(cfg, self.resumed_from).to(self.acc.device)
@@ -311,8 +312,13 @@ class Trainer:
         """Append to RUN/loss.jsonl (always) and to the configured trackers (main process)."""
         if not self.acc.is_main_process:
             return
-        with open(self.run / LOSS_FILE, "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        try:
+            with open(self.run / LOSS_FILE, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self.run / LOSS_FILE) from None
+            raise
         if self.cfg.trackers:
             flat = {k: v for k, v in _flat(entry).items() if isinstance(v, (int, float)) and k != "step"}
             self.acc.log(flat, step=entry["step"])
