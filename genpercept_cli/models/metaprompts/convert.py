@@ -14,8 +14,10 @@ MLP (replaced by the learned t_i) and the segmentation model's noise-schedule bu
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -126,17 +128,34 @@ def load_release(path: Path) -> tuple[dict[str, torch.Tensor], str]:
 
 
 def _torch_load(path: Path):
+    with warnings.catch_warnings():  # torch's note on pickle protocols: the file is read or refused, never asked about
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return _weights_only_load(path, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):  # legacy (non-zip) files cannot be memory-mapped: read them whole
+                raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({_first_line(exc)}).") from None
+        return _weights_only_load(path, mmap=False)
+
+
+def _weights_only_load(path: Path, mmap: bool):
+    """torch.load with weights_only; its errors as one sentence (a RuntimeError passes when `mmap`)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):  # legacy (non-zip) files cannot be memory-mapped: read them whole
-            raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({_first_line(exc)}).") from None
-    except Exception as exc:  # UnpicklingError (weights_only refused an object), EOFError, zip errors
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise _unsafe(path, exc) from None
+    except Exception as exc:  # EOFError, zip errors
+        if mmap and isinstance(exc, RuntimeError):
+            raise
         raise CheckpointError(f"{path} cannot be read safely as a PyTorch checkpoint ({_first_line(exc)}).") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path} cannot be read safely as a PyTorch checkpoint ({_first_line(exc)}).") from None
+
+
+def _unsafe(path: Path, exc: pickle.UnpicklingError) -> CheckpointError:
+    """weights_only refused an object of the pickle: say so, not torch's advice to unpickle it anyway."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    what = f" ({found.group(1)})" if found else ""
+    return CheckpointError(f"{path} holds non-tensor objects{what}, which could run code when loaded, so it is "
+                           "refused for safety; a Meta Prompts release holds tensors only.")
 
 
 def _first_line(exc: Exception) -> str:
