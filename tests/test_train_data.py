@@ -1,5 +1,7 @@
 """Training targets, the paired folder, flip augmentation, the batch plan and the config file."""
 
+import re
+
 import cv2
 import h5py
 import numpy as np
@@ -113,14 +115,18 @@ def test_folder_reads_normal_png_and_matting_npy(tmp_path):
     assert np.allclose(target[0, 0], 0.0) and valid.all()
 
 
-def test_folder_refuses_an_image_without_label(tmp_path):
+def test_folder_refuses_an_image_without_label_and_names_the_missing_folder(tmp_path):
     root = _folder(tmp_path, {"a": ("depth", lambda s: np.save(str(s) + ".npy", np.ones((8, 12))))})
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "rgb" / "b.png")
     with pytest.raises(DataError, match=r"depth/b\.\* is missing"):
         FolderSource(root, "depth", (8, 8))
-    with pytest.raises(DataError, match="alpha is missing; a matting training folder holds rgb/ or im/ or "
-                                        "blurred_image/ and alpha/ or mask/"):
+    where = re.escape(str(root))
+    layout = "training folder holds its images in rgb/, im/ or blurred_image/ and its labels in"
+    with pytest.raises(DataError, match=f"^{where} has no label folder: a matting {layout} alpha/ or mask/.$"):
         FolderSource(root, "matting", (8, 8))
+    (root / "rgb").rename(root / "photos")
+    with pytest.raises(DataError, match=f"^{where} has no image folder: a depth {layout} depth/.$"):
+        FolderSource(root, "depth", (8, 8))
 
 
 def test_folder_reads_the_dis5k_and_p3m_layouts(tmp_path):
