@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from tiny_train import (
     tiny_config,
     tiny_settings,
     write_depth_folder,
+    write_init,
 )
 from typer.testing import CliRunner
 
@@ -197,3 +200,29 @@ def write_config(tmp: Path, data: Path, *extra: str) -> Path:
     config = tmp / "train.toml"
     config.write_text("\n".join(tiny_settings(tmp, data, *extra)))
     return config
+
+
+def test_a_training_checkpoint_with_corrupt_weights_or_a_mistyped_config_is_named_in_a_sentence(tmp_path, monkeypatch):
+    from genpercept_cli.errors import CheckpointError
+    from genpercept_cli.loading import load_unet
+
+    unet = tmp_path / "run" / "checkpoint-1" / "unet_depth"
+    shutil.copytree(write_init(tmp_path / "init") / "unet_depth_v2", unet)
+    weights = unet / "diffusion_pytorch_model.safetensors"
+    good, config = weights.read_bytes(), json.loads((unet / "config.json").read_text())
+    weights.write_bytes(good[:1000])  # cut short
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(weights))} is truncated or corrupt \\(.*\\)\\.$"):
+        load_unet(unet)  # local: no advice to download it again
+    with monkeypatch.context() as patch:  # the same file downloaded into the hub cache: download it again
+        patch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "run"))
+        with pytest.raises(CheckpointError, match=r"is truncated or corrupt \(.*\); download it again\.$"):
+            load_unet(unet)
+    weights.write_bytes(good)
+    for key, value, expected in (("in_channels", "4", "an integer"),
+                                 ("attention_head_dim", [2, "x"], "an integer (or a list of integers, one per block)"),
+                                 ("down_block_types", "CrossAttnDownBlock2D", "a list of strings"),
+                                 ("norm_eps", "small", "a number")):
+        (unet / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(CheckpointError) as info:
+            load_unet(unet)
+        assert str(info.value) == f"{unet / 'config.json'}: {key} must be {expected}, not {value!r}."
