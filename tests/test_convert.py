@@ -136,6 +136,19 @@ def test_loading_the_raw_release_caches_the_converted_folder(home, nyu_release):
         assert torch.equal(value, again.state_dict()[key]), key
 
 
+def test_a_full_disk_while_caching_the_converted_folder_warns_and_still_loads(home, nyu_release, monkeypatch):
+    home.mkdir()
+    (home / "metaprompts_nyu.pth").write_bytes(nyu_release.read_bytes())
+
+    def save_file_on_a_full_disk(tensors, path, metadata=None):
+        raise ValueError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("safetensors.torch.save_file", save_file_on_a_full_disk)
+    with pytest.warns(UserWarning, match="could not write the converted checkpoint .*no space left on device"):
+        model = build_metaprompts(fetch_checkpoint(resolve_checkpoint("metaprompts-nyu")))
+    assert model is not None and not (home / "metaprompts-nyu").exists()  # the cache only; nothing half-made
+
+
 def test_predict_from_a_release_file_writes_metric_depth(tmp_path, nyu_release):
     rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "room.png")
