@@ -161,10 +161,11 @@ def check_writable(path: Path, option: str, folder: bool = False) -> Path:
         raise GenPerceptError(f"{option} {path} cannot be written: {existing} is a file, not a folder.")
     probe = existing / f".genpercept-write-probe-{os.getpid()}"
     try:
+        probe.touch()
         try:
             probe.write_bytes(b"\0")  # a byte, not only a name: a full disk is found here too
         finally:
-            probe.unlink(missing_ok=True)
+            probe.unlink()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise GenPerceptError(f"{option} {path} cannot be written ({reason}: {existing}).") from None
