@@ -5,9 +5,11 @@ Nothing here knows a task, so the tasks (`genpercept_cli.tasks`) and the writers
 (`genpercept_cli.outputs`) both build on it without an import cycle.
 """
 
+import errno
 import os
 import re
 from collections.abc import Callable, Iterable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +18,82 @@ from PIL import Image
 from .errors import GenPerceptError
 
 
+class DiskFullError(GenPerceptError):
+    """No space left on the device a file was being written to; the run stops there."""
+
+
+# How a full disk reads when the writer kept only the text: OSError's strerror, safetensors' Rust io::Error.
+_DISK_FULL_TEXT = ("no space left on device", "os error 28", "disk quota exceeded", "os error 122")
+# Below this many free bytes a write error that lost its errno (torch.save's "[enforce fail at
+# inline_container.cc…]", numpy's "N requested and M written") is taken for a full disk.
+LOW_SPACE_BYTES = 1 << 20
+
+
+def is_disk_full(exc: BaseException, path: Path | None = None) -> bool:
+    """Whether `exc` (or an exception it was raised from) means the disk is full: an OSError with ENOSPC or
+    EDQUOT, or its text ("No space left on device", safetensors' "os error 28"); or, with `path` (the file
+    or folder being written), a RuntimeError or an OSError without errno while the filesystem holding
+    `path` has less than LOW_SPACE_BYTES free. The one test for a full disk: every writer's error goes through it."""
+    seen, chain = set(), exc
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        if isinstance(chain, OSError) and chain.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(chain).lower() for text in _DISK_FULL_TEXT):
+            return True
+        chain = chain.__cause__ or chain.__context__
+    lost_errno = isinstance(exc, RuntimeError) or (isinstance(exc, OSError) and exc.errno is None)
+    return path is not None and lost_errno and free_bytes(path) < LOW_SPACE_BYTES
+
+
+def free_bytes(path: Path) -> float:
+    """Bytes an unprivileged user may still write on the filesystem holding `path` (or its nearest existing
+    parent); infinity when that cannot be read."""
+    path = Path(path).absolute()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    try:
+        stat = os.statvfs(existing)
+    except (OSError, TypeError, AttributeError):  # no such folder / no statvfs (Windows)
+        return float("inf")
+    return stat.f_bavail * stat.f_frsize
+
+
+def disk_full_error(path: Path) -> DiskFullError:
+    """The sentence for a full disk while writing `path` (raise it once the partial files are removed;
+    test is_disk_full before removing them: the free-space test needs them still there)."""
+    return DiskFullError(f"no space left on device while writing {path}; free some space and run again.")
+
+
+@cache
+def normal_file_mode() -> int:
+    """The mode a new file gets under this process's umask (0o644 under umask 022)."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write_fn: Callable[[Path], None]) -> None:
     """Call write_fn(temp_path), then move the temp file onto path; creates parent folders.
 
     The temp file sits in the same folder as ".<name>.tmp-<pid>", so output globs never match it and
-    os.replace is atomic: path holds either its previous content or the complete new file. On any
-    exception (Ctrl-C included) the temp file is removed and the exception re-raised; one left by a
-    killed process is removed by the next run (remove_stale_temp_files). No fsync.
+    os.replace is atomic: path holds either its previous content or the complete new file, with the
+    umask's normal mode (some writers, e.g. safetensors, create 0600 files). On any exception (Ctrl-C
+    included) the temp file is removed and the exception re-raised, as DiskFullError when the disk is
+    full (is_disk_full); one left by a killed process is removed by the next run
+    (remove_stale_temp_files). No fsync.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_fn(tmp)
+        os.chmod(tmp, normal_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and is_disk_full(exc, tmp)  # before the unlink frees the space
         tmp.unlink(missing_ok=True)
+        if full:
+            raise disk_full_error(path) from None
         raise
 
 
@@ -83,9 +145,10 @@ def check_writable(path: Path, option: str, folder: bool = False) -> Path:
     """Refuse, before any long work starts, a target that cannot be written; returns `path`.
 
     `path` is a file to be written (`folder=False`: e.g. a results JSON) or a folder to write into.
-    Nothing is created: a probe file is made and removed in the nearest folder that exists on the way
-    to the target, so read-only mounts, a file in the way and permissions (even for root on a
-    read-only filesystem) are all caught. Raises GenPerceptError with one sentence naming `option`.
+    Nothing is created: a one-byte probe file is written and removed in the nearest folder that exists on
+    the way to the target, so read-only mounts, a file in the way, permissions (even for root on a
+    read-only filesystem) and a full disk are all caught. Raises GenPerceptError with one sentence naming
+    `option`.
     """
     path = Path(path).expanduser()
     if folder and path.exists() and not path.is_dir():
@@ -99,7 +162,10 @@ def check_writable(path: Path, option: str, folder: bool = False) -> Path:
     probe = existing / f".genpercept-write-probe-{os.getpid()}"
     try:
         probe.touch()
-        probe.unlink()
+        try:
+            probe.write_bytes(b"\0")  # a byte, not only a name: a full disk is found here too
+        finally:
+            probe.unlink()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise GenPerceptError(f"{option} {path} cannot be written ({reason}: {existing}).") from None

@@ -45,7 +45,48 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is truncated or corrupt ({exc}); download it again.") from None
+        # downloading again only mends a download: a local file (a training checkpoint) is named, not advised on
+        advice = "; download it again" if _in_hub_cache(path) else ""
+        raise CheckpointError(f"{path} is truncated or corrupt ({exc}){advice}.") from None
+
+
+def _in_hub_cache(path: Path) -> bool:
+    """Whether `path` lies in the Hugging Face hub cache (a file `fetch_checkpoint` downloaded)."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return Path(path).absolute().is_relative_to(Path(HF_HUB_CACHE).absolute())
+
+
+# The JSON kinds of a diffusers config value, in a sentence's words.
+_KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_config_types(cls, config: dict, path: Path) -> None:
+    """Refuse a `config.json` value whose JSON type the field of `cls.__init__` cannot take, naming the field
+    (diffusers would fail deep inside, e.g. in_channels = "4" -> "not all arguments converted during string
+    formatting"). The field's default gives its kind; a scalar field may also hold one value per block (a
+    list), null is always allowed, and fields without a default are not checked."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in config.items():
+        default = params[key].default if key in params else None
+        is_list = isinstance(default, (list, tuple))
+        kind = type(default[0]) if is_list and default else type(default)
+        if kind not in _KIND_WORDS or value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        if (is_list and not isinstance(value, list)) or not all(_is_kind(item, kind) for item in items):
+            plural = _KIND_WORDS[kind].removeprefix("an ").removeprefix("a ") + "s"
+            words = f"a list of {plural}" if is_list else _KIND_WORDS[kind] + (
+                f" (or a list of {plural}, one per block)" if isinstance(value, list) else "")
+            raise CheckpointError(f"{path}: {key} must be {words}, not {value!r}.")
+
+
+def _is_kind(value, kind: type) -> bool:
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
 
 
 def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Path, dtype: torch.dtype) -> None:
@@ -70,6 +111,7 @@ def _build(cls, folder: Path, dtype: torch.dtype, key_filter=None, prepare=None)
 
     diffusers.logging.set_verbosity_error()  # unknown v1 config keys would otherwise warn
     config = read_config(folder)
+    check_config_types(cls, config, folder / "config.json")
     state = read_weights(folder / "diffusion_pytorch_model.safetensors")
     if key_filter is not None:
         state = key_filter(state)

@@ -186,7 +186,8 @@ def write_prediction(
     kind: the checkpoint's output kind (`checkpoints.OUTPUT_KINDS`; None = the task's), e.g.
     "metric_depth"; labels: its label set (semseg colours). Both come from the pipeline's spec.
     Everything is encoded before the first file is written, so a bad prediction writes nothing;
-    each file is written atomically. Raises ValueError for a malformed or non-finite prediction.
+    each file is written atomically. Raises ValueError for a malformed or non-finite prediction, and
+    `files.DiskFullError` on a full disk (the files this call wrote removed).
     """
     found = get_task(task)
     formats = _check_formats(found, formats)
@@ -196,6 +197,13 @@ def write_prediction(
         pred = found.flip(pred, flip)
     paths = output_paths(out_stem, task, formats)
     encoded = [_encode(pred, found, name, image, kind, labels) for name in formats]
-    for path, array in zip(paths, encoded, strict=True):
-        atomic_write(path, _npy_writer(array) if path.suffix == ".npy" else _png_writer(array))
+    written = []
+    try:
+        for path, array in zip(paths, encoded, strict=True):
+            atomic_write(path, _npy_writer(array) if path.suffix == ".npy" else _png_writer(array))
+            written.append(path)
+    except files.DiskFullError:  # the image counts as not done (--skip-existing redoes it): none of its files stay
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return paths

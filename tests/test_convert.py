@@ -4,6 +4,7 @@ from a tiny Meta Prompts `.pth` (metric depth files in metres)."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -50,6 +51,9 @@ def test_convert_writes_safetensors_and_spec_into_the_home(home, nyu_release):
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
     assert "8 alias keys" in result.output and "--checkpoint metaprompts-nyu" in result.output
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary files left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o666 & ~umask}  # as predict's outputs, not 0600
     # the registry name now loads the converted folder
     files = fetch_checkpoint(resolve_checkpoint("metaprompts-nyu"))
     assert files.unet_dir == folder and files.weights_file is None
@@ -63,6 +67,32 @@ def test_convert_refuses_unknown_release_missing_file_and_wrong_kind(tmp_path, h
     result = runner.invoke(app, ["convert", str(nyu_release), "-r", "metaprompts-ade20k", "-o", str(tmp_path / "o")])
     assert result.exit_code == EXIT_USAGE and "depth release, not seg" in result.output
     assert not (tmp_path / "o" / "genpercept.json").exists()
+
+
+class _CallsAFunction:
+    """A pickled object whose unpickling would call os.getcwd (harmless; weights_only refuses it)."""
+
+    def __reduce__(self):
+        return os.getcwd, ()
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy pickle"])
+def test_convert_refuses_a_file_with_non_tensor_objects_in_one_sentence_without_warnings(tmp_path, layout, recwarn):
+    import pickle
+
+    path = tmp_path / "evil.pth"
+    content = {"model": {"a": torch.zeros(2), "b": _CallsAFunction()}}
+    if layout == "zip":
+        torch.save(content, path)
+    else:
+        path.write_bytes(pickle.dumps(content, protocol=4))
+    result = runner.invoke(app, ["convert", str(path), "-r", "metaprompts-nyu", "-o", str(tmp_path / "o")])
+    assert result.exit_code == EXIT_USAGE, result.output
+    text = " ".join(result.output.split())
+    assert f"{path} holds non-tensor objects" in text and "refused for safety" in text
+    assert "weights_only" not in text and "Traceback" not in text
+    assert [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)] == []
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_release_is_found_converted_then_raw_else_offline(home, nyu_release):
@@ -104,6 +134,19 @@ def test_loading_the_raw_release_caches_the_converted_folder(home, nyu_release):
     again = build_metaprompts(files)
     for key, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
+
+
+def test_a_full_disk_while_caching_the_converted_folder_warns_and_still_loads(home, nyu_release, monkeypatch):
+    home.mkdir()
+    (home / "metaprompts_nyu.pth").write_bytes(nyu_release.read_bytes())
+
+    def save_file_on_a_full_disk(tensors, path, metadata=None):
+        raise ValueError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("safetensors.torch.save_file", save_file_on_a_full_disk)
+    with pytest.warns(UserWarning, match="could not write the converted checkpoint .*no space left on device"):
+        model = build_metaprompts(fetch_checkpoint(resolve_checkpoint("metaprompts-nyu")))
+    assert model is not None and not (home / "metaprompts-nyu").exists()  # the cache only; nothing half-made
 
 
 def test_predict_from_a_release_file_writes_metric_depth(tmp_path, nyu_release):

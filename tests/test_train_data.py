@@ -1,5 +1,7 @@
 """Training targets, the paired folder, flip augmentation, the batch plan and the config file."""
 
+import re
+
 import cv2
 import h5py
 import numpy as np
@@ -197,14 +199,18 @@ def test_normal_depth_of_another_size_is_refused(tmp_path):
         make_source("folder", root, "normal", (8, 12), 0.02).load(0)
 
 
-def test_folder_refuses_an_image_without_label(tmp_path):
+def test_folder_refuses_an_image_without_label_and_names_the_missing_folder(tmp_path):
     root = _folder(tmp_path, {"a": ("depth", lambda s: np.save(str(s) + ".npy", np.ones((8, 12))))})
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "rgb" / "b.png")
     with pytest.raises(DataError, match=r"depth/b\.\* is missing"):
         FolderSource(root, "depth", (8, 8))
-    with pytest.raises(DataError, match="alpha is missing; a matting training folder holds rgb/ or im/ or "
-                                        "blurred_image/ and alpha/ or mask/"):
+    where = re.escape(str(root))
+    layout = "training folder holds its images in rgb/, im/ or blurred_image/ and its labels in"
+    with pytest.raises(DataError, match=f"^{where} has no label folder: a matting {layout} alpha/ or mask/.$"):
         FolderSource(root, "matting", (8, 8))
+    (root / "rgb").rename(root / "photos")
+    with pytest.raises(DataError, match=f"^{where} has no image folder: a depth {layout} depth/.$"):
+        FolderSource(root, "depth", (8, 8))
 
 
 def test_folder_reads_the_dis5k_and_p3m_layouts(tmp_path):
@@ -264,7 +270,9 @@ def test_config_file_and_overrides(tmp_path):
     ("model.task=semseg", "model.task must be one of"),
     ("model.timestep=1000", "model.timestep must be"),
     ("optim.lrr=1", "unknown setting optim.lrr"),
-    ("steps=many", "steps must be a int"),
+    ("steps=many", "steps must be an integer, not 'many'"),
+    ("optim.lr=\"fast\"", "optim.lr must be a number, not 'fast'"),
+    ("model.dpt_head=1", "model.dpt_head must be true or false, not 1"),
     ("data.size=[10, 16]", "data.size must be"),
     ('data.sources=[{path="a", size=[9, 16]}]', r"data.sources\[0\].size must be"),
     ('data.sources=[{path="a", kind="nyu"}]', r"data.sources\[0\].kind must be one of folder, vkitti, hypersim"),

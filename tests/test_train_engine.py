@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +17,13 @@ from tiny_train import (
     tiny_config,
     tiny_settings,
     write_depth_folder,
+    write_init,
 )
 from typer.testing import CliRunner
 
 from genpercept_cli.cli import app
 from genpercept_cli.cli.train import eval_validator
+from genpercept_cli.errors import GenPerceptError
 from genpercept_cli.train.config import ConfigError
 from genpercept_cli.train.engine import LOSS_FILE, Trainer, train
 
@@ -141,3 +145,84 @@ def test_validation_scores_each_saved_checkpoint_as_eval_does(tmp_path, data):
     expected = evaluate(options).metrics
     assert scores["step"] == 1
     assert scores["val/absrel"] == pytest.approx(expected["absrel"], rel=1e-6)
+
+
+def test_resume_refuses_a_newest_checkpoint_without_or_with_a_corrupt_state_and_overwrites_nothing(tmp_path, data):
+    first = train(tiny_config(tmp_path, data, "steps=2", "save_every=1", "keep_states=2"))
+    run, state = first.run, first.run / "checkpoint-2" / "training_state.pt"
+    kept = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    state.write_bytes(kept[state][:100])  # cut short, as a killed copy would leave it
+    with pytest.raises(GenPerceptError) as corrupt:
+        train(tiny_config(tmp_path, data, "steps=3", "save_every=1", "keep_states=2"))
+    assert str(corrupt.value).startswith(f"{state} is corrupt (") and "resume from checkpoint-1" in str(corrupt.value)
+    state.unlink()
+    out = CliRunner().invoke(app, ["train", "--config", str(write_config(tmp_path, data, "steps=3", "save_every=1"))])
+    assert out.exit_code == 2 and "Traceback" not in out.output, out.output
+    assert f"{run / 'checkpoint-2'} has no training_state.pt" in " ".join(out.output.split())
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == {
+        p: b for p, b in kept.items() if p != state}  # nothing rewritten, nothing logged again
+    # Moved away as the sentence says: training resumes from checkpoint-1 and logs steps 2-3 once.
+    (run / "checkpoint-2").rename(tmp_path / "moved")
+    second = train(tiny_config(tmp_path, data, "steps=3", "save_every=1"))
+    assert second.resumed_from == run / "checkpoint-1"
+    assert [json.loads(line)["step"] for line in (run / LOSS_FILE).read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_full_disk_while_saving_a_checkpoint_stops_with_a_sentence_and_leaves_no_partial_folder(
+        tmp_path, data, monkeypatch):
+    import genpercept_cli.files
+    import genpercept_cli.train.export
+
+    def torch_save_on_a_full_disk(obj, path):
+        Path(path).write_bytes(b"PK")  # what torch writes before the stream fails, without an errno
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(genpercept_cli.train.export.torch, "save", torch_save_on_a_full_disk)
+    monkeypatch.setattr(genpercept_cli.files, "free_bytes", lambda path: 4096.0, raising=False)
+    out = CliRunner().invoke(app, ["train", "--config", str(write_config(tmp_path, data, "steps=1"))])
+    assert out.exit_code == 2 and "Traceback" not in out.output, out.output
+    assert f"no space left on device while writing {tmp_path / 'run' / 'checkpoint-1'}" in " ".join(out.output.split())
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["loss.jsonl"]  # no checkpoint, no temp folder
+
+
+def test_exported_weights_get_the_umask_mode(tmp_path, data):
+    old = os.umask(0o022)
+    try:
+        run = train(tiny_config(tmp_path, data, "steps=1")).run
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(run).as_posix(): p.stat().st_mode & 0o777 for p in run.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o644}, modes
+
+
+def write_config(tmp: Path, data: Path, *extra: str) -> Path:
+    """tiny_settings as a TOML file (for the CLI)."""
+    config = tmp / "train.toml"
+    config.write_text("\n".join(tiny_settings(tmp, data, *extra)))
+    return config
+
+
+def test_a_training_checkpoint_with_corrupt_weights_or_a_mistyped_config_is_named_in_a_sentence(tmp_path, monkeypatch):
+    from genpercept_cli.errors import CheckpointError
+    from genpercept_cli.loading import load_unet
+
+    unet = tmp_path / "run" / "checkpoint-1" / "unet_depth"
+    shutil.copytree(write_init(tmp_path / "init") / "unet_depth_v2", unet)
+    weights = unet / "diffusion_pytorch_model.safetensors"
+    good, config = weights.read_bytes(), json.loads((unet / "config.json").read_text())
+    weights.write_bytes(good[:1000])  # cut short
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(weights))} is truncated or corrupt \\(.*\\)\\.$"):
+        load_unet(unet)  # local: no advice to download it again
+    with monkeypatch.context() as patch:  # the same file downloaded into the hub cache: download it again
+        patch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "run"))
+        with pytest.raises(CheckpointError, match=r"is truncated or corrupt \(.*\); download it again\.$"):
+            load_unet(unet)
+    weights.write_bytes(good)
+    for key, value, expected in (("in_channels", "4", "an integer"),
+                                 ("attention_head_dim", [2, "x"], "an integer (or a list of integers, one per block)"),
+                                 ("down_block_types", "CrossAttnDownBlock2D", "a list of strings"),
+                                 ("norm_eps", "small", "a number")):
+        (unet / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(CheckpointError) as info:
+            load_unet(unet)
+        assert str(info.value) == f"{unet / 'config.json'}: {key} must be {expected}, not {value!r}."

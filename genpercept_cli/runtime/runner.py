@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import GenPerceptError
+from ..files import DiskFullError
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,8 @@ def _finished(pipe, parts: list[tuple[list[Loaded], Any]], report: RunReport, de
 def _call_sink(sink, loaded: Loaded, array, describe) -> str | None:
     try:
         return sink(loaded, array)
+    except DiskFullError:  # every later image would fail the same way: the run stops here
+        raise
     except (OSError, ValueError, GenPerceptError) as exc:
         return f"{describe(loaded.job)}: could not write outputs ({exc})."
 

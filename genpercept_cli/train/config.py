@@ -297,5 +297,9 @@ def _convert(value, default, where: str, is_sources: bool):
     else:
         ok = isinstance(value, (str, int)) and not isinstance(value, bool)
     if not ok:
-        raise ConfigError(f"{where} must be a {type(default).__name__}, not {value!r}.")
+        raise ConfigError(f"{where} must be {_TYPE_WORDS[type(default)]}, not {value!r}.")
     return value
+
+
+# A field's type as its sentence says it ("steps must be an integer", not "a int").
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", list: "a list", str: "a string"}

@@ -41,6 +41,12 @@ LABEL_FOLDERS = {"depth": ("depth",), "disparity": ("depth",), "normal": ("norma
 LABEL_SUFFIXES = (".npy", ".exr", ".png")
 
 
+def _one_of(names: tuple[str, ...]) -> str:
+    """("rgb", "im", "blurred_image") -> "rgb/, im/ or blurred_image/"."""
+    folders = [f"{n}/" for n in names]
+    return folders[0] if len(folders) == 1 else f"{', '.join(folders[:-1])} or {folders[-1]}"
+
+
 @dataclass
 class Sample:
     rgb: torch.Tensor  # float32 [3, H, W] in [-1, 1]
@@ -57,7 +63,7 @@ class FolderSource:
                  depth_range: tuple[float, float] | None = None, normal_mask: str = "nonzero"):
         self.root, self.task, self.size, self.quantile = Path(root), task, tuple(size), quantile
         self.depth_range, self.normal_mask = tuple(depth_range or self.DEPTH_RANGE), normal_mask
-        rgb_dir, label_dir = self._folder(IMAGE_FOLDERS), self._folder(LABEL_FOLDERS[task])
+        rgb_dir, label_dir = self._folder(IMAGE_FOLDERS, "image"), self._folder(LABEL_FOLDERS[task], "label")
         self.images = sorted(p for p in rgb_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.images:
             raise DataError(f"{rgb_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
@@ -67,11 +73,12 @@ class FolderSource:
         blanking = task == "normal" and normal_mask == "nonzero" and depth_dir.is_dir()
         self.depths = [self._label_path(depth_dir, p.stem) for p in self.images] if blanking else []
 
-    def _folder(self, names: tuple[str, ...]) -> Path:
+    def _folder(self, names: tuple[str, ...], kind: str) -> Path:
+        """The first of root/`names` that is a folder; `kind` ("image" or "label") names it when none is."""
         found = next((self.root / n for n in names if (self.root / n).is_dir()), None)
         if found is None:
-            raise DataError(f"{self.root / names[0]} is missing; a {self.task} training folder holds "
-                            f"{' or '.join(n + '/' for n in IMAGE_FOLDERS)} and {' or '.join(n + '/' for n in names)}.")
+            raise DataError(f"{self.root} has no {kind} folder: a {self.task} training folder holds its images in "
+                            f"{_one_of(IMAGE_FOLDERS)} and its labels in {_one_of(LABEL_FOLDERS[self.task])}.")
         return found
 
     @staticmethod

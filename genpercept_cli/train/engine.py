@@ -30,6 +30,7 @@ from torch import nn
 
 from ..dpt import DPTHead, prepare_dpt_unet, strip_unet_head_keys, unet_up_block_features
 from ..errors import GenPerceptError
+from ..files import atomic_write, check_writable, disk_full_error, is_disk_full
 from ..loading import empty_text_embedding, load_unet, load_vae
 from ..models import sd
 from ..models.one_step import OneStepModel, OneStepParams
@@ -195,7 +196,9 @@ class Trainer:
         fixed = None if cfg.model.timestep == "random" else int(cfg.model.timestep)
         self.plan = train_data.BatchPlan([len(s) for s in self.sources], [s.ratio for s in cfg.data.sources],
                                          cfg.seed, cfg.data.flip_p, fixed)
-        self.resumed_from = export.latest_checkpoint(self.run) if self.run.is_dir() else None
+        check_writable(self.run, "output", folder=True)  # read-only or full: refused before the model loads
+        # the newest checkpoint's state, read before the model: a missing or corrupt one is refused at once
+        self.resumed_from, state = export.resume_point(self.run)
         self.model = build_model(cfg, self.resumed_from).to(self.acc.device)
         trainable = trainable_part(self.model)
         self.optimizer = make_optimizer(cfg, [p for p in trainable.parameters() if p.requires_grad])
@@ -205,8 +208,8 @@ class Trainer:
                                               final_ratio=o.final_ratio))
         self.net, self.optimizer = self.acc.prepare(trainable, self.optimizer)
         self.step = 0
-        if self.resumed_from is not None:
-            self._load_state(export.load_state(self.resumed_from))
+        if state is not None:
+            self._load_state(state)
 
     # -- state --------------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -282,6 +285,7 @@ class Trainer:
         cfg = self.cfg
         if self.acc.is_main_process:
             self.run.mkdir(parents=True, exist_ok=True)
+            self._trim_log()
         if cfg.trackers:
             self.acc.init_trackers("genpercept_train", config=_flat(asdict(cfg)))
         records = []
@@ -298,15 +302,39 @@ class Trainer:
             self.acc.end_training()
         return records
 
+    def _trim_log(self) -> None:
+        """Drop the RUN/loss.jsonl lines past the step training resumes from (a stopped run logged them after
+        its last checkpoint; they are trained again), so each step is logged once."""
+        path = self.run / LOSS_FILE
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _logged_step(line) <= self.step]
+        if len(kept) < len(lines):
+            atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
+
     def _write_log(self, entry: dict) -> None:
         """Append to RUN/loss.jsonl (always) and to the configured trackers (main process)."""
         if not self.acc.is_main_process:
             return
-        with open(self.run / LOSS_FILE, "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        try:
+            with open(self.run / LOSS_FILE, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self.run / LOSS_FILE) from None
+            raise
         if self.cfg.trackers:
             flat = {k: v for k, v in _flat(entry).items() if isinstance(v, (int, float)) and k != "step"}
             self.acc.log(flat, step=entry["step"])
+
+
+def _logged_step(line: str) -> float:
+    """The step of a loss.jsonl line; infinity for a line cut short by a killed run (so it is dropped)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def _flat(table: dict, prefix: str = "") -> dict:

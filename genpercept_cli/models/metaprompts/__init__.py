@@ -42,6 +42,7 @@ def model_from_state(config: MetaPromptsConfig, state: dict[str, torch.Tensor], 
 def build_metaprompts(files, dtype: torch.dtype = torch.float32):
     """Load a fetched Meta Prompts checkpoint (`checkpoints.CheckpointFiles`) on the CPU in `dtype`."""
     from ...checkpoints import read_json
+    from ...files import DiskFullError
     from ...loading import read_weights
 
     config = config_from_spec(files.spec)
@@ -55,7 +56,7 @@ def build_metaprompts(files, dtype: torch.dtype = torch.float32):
     if files.unet_dir is not None:
         try:  # the next load reads the converted folder instead of unpickling 3.7 GB again
             write_converted(converted.state, Path(files.unet_dir), converted.config)
-        except OSError as exc:
+        except (OSError, DiskFullError) as exc:  # a cache only: the model is loaded either way
             warnings.warn(f"could not write the converted checkpoint to {files.unet_dir} ({exc}); "
                           "it will be converted again next time.", stacklevel=2)
     return model

@@ -14,15 +14,17 @@ MLP (replaced by the learned t_i) and the segmentation model's noise-schedule bu
 from __future__ import annotations
 
 import json
-import os
+import pickle
 import re
-import tempfile
+import shutil
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ...errors import CheckpointError
+from ...files import atomic_write
 from .model import MetaPromptsConfig, build_model_from_config
 from .unet import is_vae_attention_projection, unet_key_to_compvis, vae_key_to_compvis
 
@@ -126,17 +128,34 @@ def load_release(path: Path) -> tuple[dict[str, torch.Tensor], str]:
 
 
 def _torch_load(path: Path):
+    with warnings.catch_warnings():  # torch's note on pickle protocols: the file is read or refused, never asked about
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return _weights_only_load(path, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):  # legacy (non-zip) files cannot be memory-mapped: read them whole
+                raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({_first_line(exc)}).") from None
+        return _weights_only_load(path, mmap=False)
+
+
+def _weights_only_load(path: Path, mmap: bool):
+    """torch.load with weights_only; its errors as one sentence (a RuntimeError passes when `mmap`)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):  # legacy (non-zip) files cannot be memory-mapped: read them whole
-            raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({_first_line(exc)}).") from None
-    except Exception as exc:  # UnpicklingError (weights_only refused an object), EOFError, zip errors
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise _unsafe(path, exc) from None
+    except Exception as exc:  # EOFError, zip errors
+        if mmap and isinstance(exc, RuntimeError):
+            raise
         raise CheckpointError(f"{path} cannot be read safely as a PyTorch checkpoint ({_first_line(exc)}).") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path} cannot be read safely as a PyTorch checkpoint ({_first_line(exc)}).") from None
+
+
+def _unsafe(path: Path, exc: pickle.UnpicklingError) -> CheckpointError:
+    """weights_only refused an object of the pickle: say so, not torch's advice to unpickle it anyway."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    what = f" ({found.group(1)})" if found else ""
+    return CheckpointError(f"{path} holds non-tensor objects{what}, which could run code when loaded, so it is "
+                           "refused for safety; a Meta Prompts release holds tensors only.")
 
 
 def _first_line(exc: Exception) -> str:
@@ -233,24 +252,22 @@ def spec_json(config: MetaPromptsConfig) -> dict:
 
 def write_converted(state: dict[str, torch.Tensor], folder: Path, config: MetaPromptsConfig) -> Path:
     """Write `model.safetensors` + `genpercept.json` into `folder`; each file appears whole or not at all
-    (written beside it, then renamed), the JSON last, so a folder with it is complete."""
+    (files.atomic_write: the umask's mode, a full disk raises DiskFullError), the JSON last, so a folder
+    with it is complete. On an error the folder is removed when this call made it, and the weights
+    when the folder held no earlier complete conversion."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    made, complete = not folder.exists(), (folder / SPEC_FILE).is_file()
     tensors = {k: v.contiguous() for k, v in state.items()}
     text = json.dumps(spec_json(config), indent=1)
-    temps = []
     try:
-        for name, write in ((WEIGHTS_FILE, lambda p: save_file(tensors, str(p))),
-                            (SPEC_FILE, lambda p: p.write_text(text))):
-            handle, temp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
-            os.close(handle)
-            temps.append((Path(temp), folder / name))
-            write(Path(temp))
-        for temp, final in temps:
-            os.replace(temp, final)
-    finally:
-        for temp, _ in temps:
-            temp.unlink(missing_ok=True)
+        atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write(folder / SPEC_FILE, lambda tmp: tmp.write_text(text))
+    except BaseException:
+        if made:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif not complete:  # weights without the JSON would read as a conversion cut short
+            (folder / WEIGHTS_FILE).unlink(missing_ok=True)
+        raise
     return folder
