@@ -2,9 +2,14 @@
 what the recorded code gave, so a restructure can show that nothing changed.
 
 The cases live in tests/golden/cases.py; tests/golden/record.py wrote tests/golden/*.json|npz from the
-code being frozen. Tolerances: float arrays max |Δ| <= 1e-6 (unit normals also after renormalising),
-images and integer arrays exact, metrics relative 1e-9, everything else (file lists, exit codes, messages
-with timings, rates and workspace paths normalised, JSON keys and types) exact. It runs under every
+code being frozen. Tolerances are those of fp32 arithmetic on another CPU: the recording was made with
+AVX-512 kernels, and the same maths with AVX2 kernels (an AMD EPYC without AVX-512) sums in another order,
+which moved float outputs by up to 2.5e-5 (normals, renormalised), metrics by up to 7e-7 relative and a few
+rounded pixels by one level. So: float arrays max |Δ| <= 1e-4 (unit normals also after renormalising);
+images (8- or 16-bit PNGs) within one level (16-bit: ARRAY_ATOL of full scale) on at most 5% of their
+values, the rest exact; integer arrays exact; metrics relative 1e-5 (a
+behaviour change moves them by far more); everything else (file lists, exit codes, messages with timings,
+rates and workspace paths normalised, JSON keys and types) exact. It runs under every
 environment CI builds (the newest and the oldest supported releases pass it unchanged); should a new
 library release move a value, the failure names it, and tests/golden/meta.json records the versions the
 recording was made with. Regenerate from the frozen commit:
@@ -23,8 +28,9 @@ import numpy as np
 import pytest
 from golden import cases
 
-ARRAY_ATOL = 1e-6
-METRIC_RTOL = 1e-9
+ARRAY_ATOL = 1e-4
+IMAGE_LEVELS, IMAGE_FRACTION = 1, 0.05  # 8-bit images: at most one level off, on at most 5% of values
+METRIC_RTOL = 1e-5
 METRIC_ATOL = 1e-12  # for metrics that are 0
 
 
@@ -74,16 +80,22 @@ def test_command_matches_golden(workspace, golden, name):
 
 # -- comparisons: each returns a list of differences, one line (or a diff) each -----------------------------
 def compare_array(actual: np.ndarray, expected: np.ndarray, what: str, exact: bool) -> list[str]:
-    """Same dtype and shape; values equal (`exact`, or not float) or within ARRAY_ATOL with NaN where
-    NaN was; unit normals ([..., 3] with norms of 1) also after renormalising."""
+    """Same dtype and shape; integer values equal (`exact`: images, within IMAGE_LEVELS on at most
+    IMAGE_FRACTION of them) or float values within ARRAY_ATOL with NaN where NaN was; unit normals
+    ([..., 3] with norms of 1) also after renormalising."""
     if actual.dtype != expected.dtype or actual.shape != expected.shape:
         return [f"{what}: {actual.dtype}{list(actual.shape)}, expected {expected.dtype}{list(expected.shape)}"]
     if exact or expected.dtype.kind not in "fc":
         differ = actual != expected
-        if differ.any():
-            delta = np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max()
-            return [f"{what}: {int(differ.sum())} of {differ.size} values differ (max |Δ| {delta:g})"]
-        return []
+        if not differ.any():
+            return []
+        delta = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+        # an image: a value rounded on the other side of a level by another CPU's fp32 sums
+        if exact and expected.dtype.kind in "ui":
+            levels = max(IMAGE_LEVELS, math.floor(ARRAY_ATOL * np.iinfo(expected.dtype).max))
+            if delta.max() <= levels and differ.mean() <= IMAGE_FRACTION:
+                return []
+        return [f"{what}: {int(differ.sum())} of {differ.size} values differ (max |Δ| {delta.max():g})"]
     problems = _close(actual, expected, what)
     unit = expected.ndim == 3 and expected.shape[-1] == 3
     if unit and np.all(np.abs(np.linalg.norm(expected.astype(np.float64), axis=-1) - 1) < 1e-3):
