@@ -17,6 +17,7 @@ from pathlib import Path
 from .checkpoints import CheckpointSpec
 from .errors import GenPerceptError
 from .images import IMAGE_SUFFIXES, ImageReadError, read_rgb, read_size
+from .video import VIDEO_SUFFIXES, is_video
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class PredictOptions:
         bit-exact); 0 = never, None = leave the pipeline's setting as it is.
     normal_flip: normal axes to negate before writing, e.g. "yz" (normal models only).
     skip_existing: skip images whose outputs all exist (resume).
+    frame_stride, max_frames, start, end: which frames of a video are predicted (`video.FrameRange`).
+    temporal: "align" (affine depth/disparity in videos aligned over time, `temporal`) or "none".
     """
 
     processing_res: int | None = None
@@ -46,6 +49,17 @@ class PredictOptions:
     tile_above: float | None = 16.0
     normal_flip: str = ""
     skip_existing: bool = False
+    frame_stride: int = 1
+    max_frames: int = 0
+    start: float = 0.0
+    end: float | None = None
+    temporal: str = "align"
+
+    @property
+    def frame_range(self):
+        from .video import FrameRange
+
+        return FrameRange(self.frame_stride, self.max_frames, self.start, self.end)
 
     def validate(self, spec: CheckpointSpec) -> PredictOptions:
         """Raise GenPerceptError naming the first bad option, in the words of `genpercept predict`;
@@ -53,6 +67,7 @@ class PredictOptions:
         int, normal_flip its axes in x, y, z order. Reads nothing from disk and creates nothing."""
         from .outputs import parse_formats, parse_normal_flip
         from .resize import check_processing_res
+        from .video import TEMPORAL_MODES
 
         names = self.formats if self.formats is None or isinstance(self.formats, str) else ",".join(self.formats)
         formats = parse_formats(spec.task, names)
@@ -66,6 +81,9 @@ class PredictOptions:
             raise GenPerceptError("--tile-above must be 0 (never) or a number of megapixels.")
         if self.normal_flip and spec.task != "normal":
             raise GenPerceptError(f"--normal-flip applies to normal models; {spec.name!r} predicts {spec.task}.")
+        self.frame_range.validate()
+        if self.temporal not in TEMPORAL_MODES:
+            raise GenPerceptError(f"--temporal must be one of {', '.join(TEMPORAL_MODES)}.")
         return replace(self, formats=formats, processing_res=res, normal_flip=parse_normal_flip(self.normal_flip))
 
 
@@ -140,7 +158,7 @@ def discover_images(source: str) -> SourceScan:
         nothing = f"no file matches {source!r}"
     elif root.is_dir():
         paths = _walk(root, scan)
-        nothing = f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+        nothing = f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}) or videos ({', '.join(VIDEO_SUFFIXES)})"
     elif root.exists():
         raise GenPerceptError(f"{source} is not a regular file (a fifo, socket or device); give an image file.")
     else:
@@ -163,6 +181,9 @@ def _walk(root: Path, scan: SourceScan, pattern: tuple[str, ...] | None = None) 
     suffix, as `glob` does.
     """
     from .outputs import OUTPUT_SUFFIXES
+    from .video import output_suffixes
+
+    earlier = OUTPUT_SUFFIXES + output_suffixes()
 
     depth = None if pattern is None or "**" in pattern else len(pattern)
     seen: set[tuple[int, int]] = set()
@@ -190,9 +211,9 @@ def _walk(root: Path, scan: SourceScan, pattern: tuple[str, ...] | None = None) 
                     (linked if entry.is_symlink() else real).append((path, parts))
             elif pattern is not None and not _glob_match(parts, pattern):
                 continue
-            elif entry.name.endswith(OUTPUT_SUFFIXES):
+            elif entry.name.endswith(earlier):
                 scan.earlier_outputs += 1
-            elif pattern is None and path.suffix.lower() not in IMAGE_SUFFIXES:
+            elif pattern is None and path.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
                 scan.non_images += 1
             else:
                 _take_file(entry, path, scan, files)
@@ -288,7 +309,8 @@ def run_predict(
     first; a bad option raises GenPerceptError before any image is read. `options.tile_above` applies
     to `pipe` for this run only.
 
-    Runs the one runner (`runtime.runner.run`) with a reader that decodes and resizes and a writer sink.
+    Runs the one runner (`runtime.runner.run`) with a reader that decodes and resizes and a writer sink;
+    videos among `images` run after the images, clip by clip (`video.predict_clips`).
     Memory: a full-resolution image lives only while a reader thread decodes and resizes it (at most
     `workers` at once), unless the "rgba" cut-out needs it; at most `batch_size + workers` model inputs
     wait decoded, and a few predictions wait to be written. Ctrl-C (or SIGTERM, turned into
@@ -302,6 +324,7 @@ def run_predict(
     from .outputs import write_prediction
     from .runtime.distributed import Dist
     from .runtime.runner import Loaded, run
+    from .video import predict_clips
 
     dist = dist or Dist()
     opts = (options or PredictOptions()).validate(pipe.spec)
@@ -326,7 +349,10 @@ def run_predict(
         result = run(pipe, jobs, load, write, batch_size=batch_size, workers=opts.workers, sink_workers=2,
                      overlap=overlap, describe=lambda job: str(images[job.index].path), after_batch=after_batch,
                      clock=clock, progress=progress, task_id=task_id)
-    report.written = result.done
+        clips = [item for index, item in enumerate(images) if is_video(item.path) and index % dist.world == dist.rank]
+        predict_clips(pipe, clips, output, opts, report, batch_size, workers=opts.workers, overlap=overlap,
+                      after_batch=after_batch, clock=clock)
+    report.written += result.done
     report.failed += [(images[job.index].path, message) for job, message in result.failed]
     report.recoveries = pipe.recoveries
     return PredictReport.combined(dist.gather(report)) if dist.active else report
@@ -350,6 +376,8 @@ def _plan_jobs(pipe, images: list[InputImage], output: Path, opts: PredictOption
     jobs = []
     for index, item in enumerate(images):
         mine = index % dist.world == dist.rank
+        if is_video(item.path):  # a source of its own jobs (`video.predict_clips`)
+            continue
         stem = output / item.rel_stem
         if opts.skip_existing and all(p.exists() for p in output_paths(stem, pipe.task, opts.formats)):
             report.skipped_existing += mine

@@ -12,7 +12,7 @@ from .console import console, make_progress
 
 
 def predict_command(
-    source: str = typer.Argument(..., help="An image file, a folder (searched recursively) or a quoted glob."),
+    source: str = typer.Argument(..., help="An image or video file, a folder (searched recursively) or a quoted glob."),
     task: str | None = typer.Option(None, help="depth, disparity, normal, dis, matting or seg (default: from the checkpoint)."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help="Registry name, hub id[/subfolder] or local folder (default: the task's v2 model)."),
     output: Path = typer.Option(Path("genpercept_output"), "--output", "-o", help="Output root; the input tree is mirrored below it."),
@@ -25,6 +25,11 @@ def predict_command(
     normal_flip: str = typer.Option("", help="Normals only: axes to negate before writing, e.g. 'yz' for the OpenCV frame."),
     workers: int = typer.Option(4, help="Background threads decoding images."),
     tile_above: float = typer.Option(16.0, help="Decode processed images above this many megapixels in overlapping tiles (bounded memory, not bit-exact); 0 = never."),
+    frame_stride: int = typer.Option(1, help="Videos: predict every N-th frame."),
+    max_frames: int = typer.Option(0, help="Videos: predict at most N frames per clip; 0 = all."),
+    start: float = typer.Option(0.0, help="Videos: first second to predict."),
+    end: float | None = typer.Option(None, help="Videos: second to stop before (default: the end)."),
+    temporal: str = typer.Option("align", help="Videos: align affine depth/disparity over time (align) or not (none)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the modules (slow first batch per image size; pays off on long GPU runs)."),
 ):
     """Predict depth, disparity, normals, DIS, matting or segmentation for images."""
@@ -43,6 +48,7 @@ def predict_command(
     options = PredictOptions(
         processing_res=processing_res, formats=formats, batch_size=batch_size, workers=workers,
         tile_above=tile_above, normal_flip=normal_flip, skip_existing=skip_existing,
+        frame_stride=frame_stride, max_frames=max_frames, start=start, end=end, temporal=temporal,
     ).validate(spec)
     check_writable(output, "--output", folder=True)  # creates it: after every check that could refuse the run
 

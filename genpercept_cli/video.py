@@ -1,0 +1,464 @@
+"""Video as a source of frames and a sink of per-clip files (issue 21), decoded and encoded with PyAV.
+
+A clip ``a/b/clip.mp4`` is one input of `genpercept predict`: its sampled frames (one size, so every batch
+is full) stream through the one runner (`runtime.runner.run`) and its predictions are written to a raw
+float32 array beside the outputs as they come (``.clip_raw.npy.tmp-<pid>``, a memory map, so memory stays
+bounded whatever the clip's length). A second pass reads it back one frame at a time, aligns affine depth
+and disparity over time (`temporal`), encodes each format and publishes every file atomically:
+
+- ``npy``: ``clip_pred.npy`` of shape [T, H, W(, C)], written incrementally, its header fixed at the end;
+- 8-bit pictures (colour maps, normal RGB, DIS/matting alpha): a video, the format's suffix with ``.mp4``
+  (``clip_colored.mp4``, ``clip_pred.mp4``), at the sampled frame rate, H.264 (libx264) where the PyAV
+  wheel has it, else MPEG-4 part 2; yuv420p needs even sides, so an odd last row/column is repeated;
+- exact values (16-bit PNGs, class ids): a folder of PNG frames, ``clip_pred/000000_pred.png`` ...
+
+Rotation metadata (the display matrix) is applied as EXIF orientation is for photos.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GenPerceptError
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+ENCODERS = ("libx264", "mpeg4")  # the first the PyAV wheel provides encodes the visualisation videos
+_EXACT_FORMATS = {("seg", "label"), ("semseg", "png")}  # class ids: lossy video would change them
+_NPY_HEADER = 128  # bytes reserved for the incremental .npy header (magic + length + dict, padded)
+
+
+class VideoReadError(GenPerceptError):
+    """A video that cannot be read (in part): skipped or kept up to the damage, and reported."""
+
+
+def is_video(path: Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+@dataclass(frozen=True)
+class FrameRange:
+    """Which frames of a clip are predicted: from `start` to `end` seconds (None: the end), every
+    `stride`-th, at most `max_frames` (0: all)."""
+
+    stride: int = 1
+    max_frames: int = 0
+    start: float = 0.0
+    end: float | None = None
+
+    def validate(self) -> FrameRange:
+        """Raise GenPerceptError naming the first bad option in the words of `genpercept predict`."""
+        if self.stride < 1:
+            raise GenPerceptError("--frame-stride must be at least 1.")
+        if self.max_frames < 0:
+            raise GenPerceptError("--max-frames must be 0 (all) or positive.")
+        if self.start < 0:
+            raise GenPerceptError("--start must be 0 or a positive number of seconds.")
+        if self.end is not None and self.end <= self.start:
+            raise GenPerceptError("--end must be after --start.")
+        return self
+
+    def sampled(self, in_range: int) -> int:
+        """How many frames are predicted of `in_range` frames between start and end."""
+        count = -(-in_range // self.stride)
+        return min(count, self.max_frames) if self.max_frames else count
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    size: tuple[int, int]  # (H, W) of a frame after rotation
+    frames: int  # frames to predict (after --start/--end/--frame-stride/--max-frames)
+    rate: Fraction  # frames per second of the sampled frames
+    announced: int  # frames of the range the container announces (packets): more than decode = damage
+
+
+def _open(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise VideoReadError(f"{path}: cannot be read as a video ({_reason(exc)}).") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(f"{path}: holds no video stream.")
+    stream = container.streams.video[0]
+    codec = stream.codec_context
+    if codec is None or not _can_decode(stream):
+        name = getattr(codec, "name", None) or "unknown"
+        container.close()
+        raise VideoReadError(f"{path}: its video codec ({name}) cannot be decoded by this FFmpeg build.")
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
+def _can_decode(stream) -> bool:
+    import av
+
+    try:
+        return av.Codec(stream.codec_context.name, "r") is not None
+    except (av.FFmpegError, ValueError, TypeError):
+        return False
+
+
+def _reason(exc: Exception) -> str:
+    return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).strip().rstrip(".")
+
+
+def _seconds(pts, stream) -> float | None:
+    if pts is None:
+        return None
+    return float((pts - (stream.start_time or 0)) * stream.time_base)
+
+
+def probe_clip(path: Path, frames: FrameRange) -> ClipInfo:
+    """What a clip holds, from its packets (no decoding, except the first frame for size and rotation).
+
+    Raises VideoReadError for a file that is not a video, has no video stream, a codec this FFmpeg cannot
+    decode, or no frame in the chosen range."""
+    import av
+
+    container, stream = _open(path)
+    try:
+        in_range = 0
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's flush packet
+                continue
+            t = _seconds(packet.pts, stream)
+            if t is None or (t >= frames.start - 1e-6 and (frames.end is None or t < frames.end)):
+                in_range += 1
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+    except av.FFmpegError:
+        in_range = max(in_range, 1)  # the damage is found and reported while decoding
+    finally:
+        container.close()
+    first = next(iter(read_frames(path, FrameRange(max_frames=1, start=frames.start, end=frames.end))), None)
+    if in_range == 0 or first is None:
+        where = "" if frames.start == 0 and frames.end is None else " between --start and --end"
+        raise VideoReadError(f"{path}: holds no video frames{where}.")
+    return ClipInfo(first.shape[:2], frames.sampled(in_range), Fraction(rate) / frames.stride,
+                    frames.sampled(in_range))
+
+
+def upright(frame) -> np.ndarray:
+    """A decoded av.VideoFrame -> uint8 [H, W, 3] RGB, turned by its display rotation as a player shows it
+    (FFmpeg's display matrix angle: counter-clockwise degrees)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    quarter = round(getattr(frame, "rotation", 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, quarter)) if quarter else rgb
+
+
+def read_frames(path: Path, frames: FrameRange):
+    """The sampled frames of a clip in order, uint8 [H, W, 3] upright. A decoding error after some frames
+    raises VideoReadError naming how many were read."""
+    import av
+
+    container, stream = _open(path)
+    taken = position = 0
+    try:
+        for frame in container.decode(stream):
+            t = _seconds(frame.pts, stream)
+            if t is not None and t < frames.start - 1e-6:
+                continue
+            if t is not None and frames.end is not None and t >= frames.end:
+                break
+            position += 1
+            if (position - 1) % frames.stride:
+                continue
+            yield upright(frame)
+            taken += 1
+            if frames.max_frames and taken >= frames.max_frames:
+                break
+    except av.FFmpegError as exc:
+        raise VideoReadError(f"{path}: frames from {taken} on cannot be decoded ({_reason(exc)}).") from None
+    finally:
+        container.close()
+
+
+class FrameSource:
+    """Frame k of a clip for the runner's reader threads: decodes in order under a lock, keeping frames that
+    were decoded for a later job until that job asks (at most the runner's read-ahead)."""
+
+    def __init__(self, path: Path, frames: FrameRange, count: int):
+        self.path, self.count = path, count
+        self._frames = read_frames(path, frames)
+        self._next = 0
+        self._ahead: dict[int, np.ndarray] = {}
+        self._error: str | None = None
+        self._lock = threading.Lock()
+
+    def frame(self, k: int) -> np.ndarray:
+        from .runtime.runner import SkipJob
+
+        with self._lock:
+            while k not in self._ahead and self._error is None:
+                try:
+                    self._ahead[self._next] = next(self._frames)
+                    self._next += 1
+                except StopIteration:
+                    self._error = (f"{self.path}: the file ends after {self._next} of the {self.count} frames its "
+                                   "header announces (truncated or damaged).")
+                except VideoReadError as exc:
+                    self._error = str(exc)
+            if k in self._ahead:
+                return self._ahead.pop(k)
+            raise SkipJob(self._error)
+
+    def close(self) -> None:
+        self._frames.close()
+
+
+def output_files(stem: Path, task: str, formats) -> list[Path]:
+    """The files (or frame folders) a clip's outputs go to, in format order (module docstring)."""
+    from .outputs import output_paths
+
+    return [_video_path(path, task, name) for path, name in zip(output_paths(stem, task, formats), formats)]
+
+
+def _kind_of(task: str, name: str) -> str:
+    """How a format is stored for a clip: "npy", "mp4" or "frames"."""
+    from .tasks import get_task
+
+    fmt = get_task(task).formats[name]
+    if fmt.suffix.endswith(".npy"):
+        return "npy"
+    if fmt.needs_image:  # the cut-out: refused for clips (`predict_clip`)
+        return "frames"
+    probe = np.full((2, 2, 3) if get_task(task).channels == 3 else (2, 2), 0.5, np.float32)
+    encode = get_task(task).encoder(name, probe)
+    exact = (task, name) in _EXACT_FORMATS or encode is None or encode(probe, None).dtype != np.uint8
+    return "frames" if exact else "mp4"
+
+
+def _video_path(path: Path, task: str, name: str) -> Path:
+    kind = _kind_of(task, name)
+    return path if kind == "npy" else path.with_suffix(".mp4") if kind == "mp4" else path.with_suffix("")
+
+
+def output_suffixes() -> tuple[str, ...]:
+    """Suffixes of the clip outputs that are files of their own ("_colored.mp4", ...): earlier outputs."""
+    from .tasks import TASKS
+
+    return tuple(sorted({_video_path(Path("x" + fmt.suffix), task.name, name).name[1:]
+                         for task in TASKS.values() for name, fmt in task.formats.items()
+                         if _kind_of(task.name, name) == "mp4"}))
+
+
+def _temp(path: Path) -> Path:
+    return path.parent / f".{path.name}.tmp-{os.getpid()}"  # atomic_write's name: a later run removes it
+
+
+class NpyStream:
+    """A .npy of shape [T, ...] written one frame at a time; `commit` fixes T in the header and publishes."""
+
+    def __init__(self, path: Path):
+        self.path, self.tmp = path, _temp(path)
+        self.handle = None
+        self.count = 0
+
+    def add(self, array: np.ndarray) -> None:
+        if self.handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.tmp, "wb")
+            self.dtype, self.shape = array.dtype, array.shape
+            self.handle.write(self._header(0))
+        self.handle.write(np.ascontiguousarray(array, self.dtype).tobytes())
+        self.count += 1
+
+    def _header(self, count: int) -> bytes:
+        info = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                "shape": (count, *self.shape)}
+        text = repr(info).encode("latin1")
+        return b"\x93NUMPY\x01\x00" + (_NPY_HEADER - 10).to_bytes(2, "little") + text.ljust(_NPY_HEADER - 11) + b"\n"
+
+    def commit(self) -> None:
+        self.handle.seek(0)
+        self.handle.write(self._header(self.count))
+        self.handle.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class Mp4Stream:
+    """uint8 frames ([H, W] or [H, W, 3]) encoded into a video at `rate`, published on `commit`."""
+
+    def __init__(self, path: Path, rate: Fraction):
+        self.path, self.tmp, self.rate = path, _temp(path), rate
+        self.container = self.stream = None
+        self.count = 0
+
+    def add(self, array: np.ndarray) -> None:
+        import av
+
+        rgb = np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array
+        rgb = np.pad(rgb, ((0, rgb.shape[0] % 2), (0, rgb.shape[1] % 2), (0, 0)), mode="edge")  # yuv420p
+        if self.container is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.container = av.open(str(self.tmp), "w", format="mp4")
+            self.stream = self.container.add_stream(video_encoder(), rate=self.rate)
+            self.stream.width, self.stream.height = rgb.shape[1], rgb.shape[0]
+            self.stream.pix_fmt = "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = self.count
+        frame.time_base = 1 / self.rate
+        self.container.mux(self.stream.encode(frame))
+        self.count += 1
+
+    def commit(self) -> None:
+        self.container.mux(self.stream.encode(None))
+        self.container.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if self.container is not None:
+            self.container.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class PngFrames:
+    """A folder of PNG frames <folder>/<t:06d><suffix>, filled in a temp folder and moved in on `commit`."""
+
+    def __init__(self, folder: Path, suffix: str):
+        self.path, self.tmp, self.suffix = folder, _temp(folder), suffix
+        self.count = 0
+
+    def add(self, array: np.ndarray) -> None:
+        from .files import png_writer
+
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        png_writer(array)(self.tmp / f"{self.count:06d}{self.suffix}")
+        self.count += 1
+
+    def commit(self) -> None:
+        if self.path.is_dir():
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def video_encoder() -> str:
+    """The encoder of the visualisation videos: the first of ENCODERS this PyAV build has."""
+    import av
+
+    return next(name for name in ENCODERS if name in av.codecs_available)
+
+
+def remove_stale(folder: Path) -> int:
+    """Temp files of clip outputs left by a killed run (files.remove_stale_temp_files' rule)."""
+    from .files import remove_stale_temp_files
+
+    return remove_stale_temp_files(folder, (*output_suffixes(), "_raw.npy"))
+
+
+TEMPORAL_MODES = ("align", "none")
+ALIGNED_KINDS = ("affine_depth", "affine_disparity")  # what temporal alignment applies to
+
+
+def predict_clips(pipe, clips: list, output: Path, opts, report, batch_size: int, **run_options) -> None:
+    """Predict every clip (`predict.InputImage`s of videos) and write its files under `output`, filling
+    `report` (`predict.PredictReport`): a clip written counts once; a clip that failed, or was kept only up
+    to a damaged frame, adds one line to `report.failed`. `opts`: resolved `predict.PredictOptions`;
+    `run_options`: passed to the runner (workers, overlap, after_batch, clock)."""
+    for folder in sorted({(output / clip.rel_stem).parent for clip in clips}):
+        report.stale_removed += remove_stale(folder)
+    for clip in clips:
+        stem = output / clip.rel_stem
+        if opts.skip_existing and all(p.exists() for p in output_files(stem, pipe.task, opts.formats)):
+            report.skipped_existing += 1
+            continue
+        try:
+            kept, problem = predict_clip(pipe, clip.path, stem, opts, batch_size, **run_options)
+        except GenPerceptError as exc:
+            kept, problem = 0, str(exc)
+        report.written += kept > 0
+        if problem:
+            report.failed.append((clip.path, problem))
+
+
+def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, **run_options) -> tuple[int, str | None]:
+    """Predict one clip's sampled frames through the runner and publish its files (module docstring).
+
+    Returns (frames written, None) or, when frames failed, (the frames before the first failure, which
+    are written, one sentence). Raises GenPerceptError (nothing written) for a clip that cannot be read."""
+    from .outputs import _check_prediction
+    from .runtime.runner import Job, Loaded, run
+    from .tasks import get_task
+
+    task = get_task(pipe.task)
+    needs_image = [name for name in opts.formats if task.formats[name].needs_image]
+    if needs_image:
+        raise GenPerceptError(f"{path}: the {needs_image[0]!r} format is not written for videos.")
+    frames = opts.frame_range
+    info = probe_clip(path, frames)
+    size = pipe.processed_size(*info.size, opts.processing_res)
+    shape = (info.frames, *info.size, *((task.channels,) if task.channels > 1 else ()))
+    raw_path = stem.parent / f".{stem.name}_raw.npy.tmp-{os.getpid()}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    raw = np.lib.format.open_memmap(raw_path, "w+", np.float32, shape)  # on disk: memory stays bounded
+    done = np.zeros(info.frames, bool)
+    source = FrameSource(path, frames, info.frames)
+
+    def load(job: Job) -> Loaded:
+        return Loaded(job, pipe.model_input(source.frame(job.index), job.size), info.size)
+
+    def sink(loaded: Loaded, prediction) -> None:
+        raw[loaded.job.index] = _check_prediction(prediction, task, pipe.spec.kind)
+        done[loaded.job.index] = True
+
+    try:
+        result = run(pipe, [Job(k, size) for k in range(info.frames)], load, sink, batch_size=batch_size,
+                     sink_workers=2, describe=lambda job: f"{path} frame {job.index}", **run_options)
+        kept = int(done.argmin()) if not done.all() else len(done)  # frames before the first failure
+        if kept:
+            temporal = opts.temporal == "align" and pipe.spec.kind in ALIGNED_KINDS
+            _publish(raw[:kept], stem, pipe, opts, info.rate, temporal)
+    finally:
+        source.close()
+        raw_path.unlink(missing_ok=True)  # the map stays valid until `raw` goes (POSIX)
+    if kept == info.frames:
+        return kept, None
+    failure = next((message for job, message in result.failed if job.index == kept),
+                   f"{path}: frame {kept} was not predicted.")
+    return kept, f"{failure.rstrip('.')}; {kept} of {info.frames} frames kept."
+
+
+def _publish(raw: np.ndarray, stem: Path, pipe, opts, rate: Fraction, temporal: bool) -> None:
+    """Encode the predictions raw [T, H, W(, C)] frame by frame into every format's file, aligned over time
+    first where `temporal`; every file appears complete or not at all."""
+    from .outputs import _encode
+    from .tasks import get_task
+    from .temporal import ClipAlignment
+
+    task = get_task(pipe.task)
+    align = ClipAlignment.fit(raw) if temporal else None
+    writers = []
+    for path, name in zip(output_files(stem, pipe.task, opts.formats), opts.formats):
+        kind = _kind_of(pipe.task, name)
+        writer = (NpyStream(path) if kind == "npy" else Mp4Stream(path, rate) if kind == "mp4"
+                  else PngFrames(path, task.formats[name].suffix))
+        writers.append((name, writer))
+    try:
+        for t in range(len(raw)):
+            frame = np.asarray(raw[t]) if align is None else align.apply(t, raw[t])
+            if opts.normal_flip:
+                frame = task.flip(frame, opts.normal_flip)
+            for name, writer in writers:
+                writer.add(_encode(frame, task, name, None, pipe.spec.kind, pipe.spec.labels))
+        for _, writer in writers:
+            writer.commit()
+    except BaseException:
+        for _, writer in writers:
+            writer.abort()
+        raise
