@@ -75,7 +75,7 @@ class ClipInfo:
     size: tuple[int, int]  # (H, W) of a frame after rotation
     frames: int  # frames to predict (after --start/--end/--frame-stride/--max-frames)
     rate: Fraction  # frames per second of the sampled frames
-    announced: int  # frames of the range the container announces (packets): more than decode = damage
+    damage: str | None = None  # the file ends before the frames its header announces (in the range)
 
 
 def _open(path: Path):
@@ -84,7 +84,8 @@ def _open(path: Path):
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise VideoReadError(f"{path}: cannot be read as a video ({_reason(exc)}).") from None
+        raise VideoReadError(f"{path}: cannot be read as a video ({_reason(exc)}; damaged, truncated or not a "
+                             "video).") from None
     if not container.streams.video:
         container.close()
         raise VideoReadError(f"{path}: holds no video stream.")
@@ -125,25 +126,32 @@ def probe_clip(path: Path, frames: FrameRange) -> ClipInfo:
     import av
 
     container, stream = _open(path)
+    rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+    # what the header announces: the frame count (mp4, avi) or the duration (mkv, webm)
+    announced = stream.frames or round((container.duration or 0) / 1e6 * rate)
+    in_range = total = 0
+    last = 0.0
     try:
-        in_range = 0
         for packet in container.demux(stream):
             if packet.size == 0:  # the demuxer's flush packet
                 continue
+            total += 1
             t = _seconds(packet.pts, stream)
+            last = max(last, t or 0.0)
             if t is None or (t >= frames.start - 1e-6 and (frames.end is None or t < frames.end)):
                 in_range += 1
-        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
     except av.FFmpegError:
         in_range = max(in_range, 1)  # the damage is found and reported while decoding
     finally:
         container.close()
+    damage = None
+    if announced > total + 1 and (frames.end is None or last + 1 / rate < frames.end):
+        damage = f"{path}: the file ends after {total} of the {announced} frames its header announces (truncated)."
     first = next(iter(read_frames(path, FrameRange(max_frames=1, start=frames.start, end=frames.end))), None)
     if in_range == 0 or first is None:
         where = "" if frames.start == 0 and frames.end is None else " between --start and --end"
         raise VideoReadError(f"{path}: holds no video frames{where}.")
-    return ClipInfo(first.shape[:2], frames.sampled(in_range), Fraction(rate) / frames.stride,
-                    frames.sampled(in_range))
+    return ClipInfo(first.shape[:2], frames.sampled(in_range), Fraction(rate) / frames.stride, damage)
 
 
 def upright(frame) -> np.ndarray:
@@ -202,8 +210,7 @@ class FrameSource:
                     self._ahead[self._next] = next(self._frames)
                     self._next += 1
                 except StopIteration:
-                    self._error = (f"{self.path}: the file ends after {self._next} of the {self.count} frames its "
-                                   "header announces (truncated or damaged).")
+                    self._error = f"{self.path}: frames from {self._next} on cannot be decoded (damaged)."
                 except VideoReadError as exc:
                     self._error = str(exc)
             if k in self._ahead:
@@ -428,7 +435,7 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, **run_opti
         source.close()
         raw_path.unlink(missing_ok=True)  # the map stays valid until `raw` goes (POSIX)
     if kept == info.frames:
-        return kept, None
+        return kept, None if info.damage is None else f"{info.damage.rstrip('.')}; {kept} frames kept."
     failure = next((message for job, message in result.failed if job.index == kept),
                    f"{path}: frame {kept} was not predicted.")
     return kept, f"{failure.rstrip('.')}; {kept} of {info.frames} frames kept."

@@ -1,0 +1,238 @@
+"""Video input (issue 21): clips encoded here with PyAV, predicted through `genpercept predict`, and the
+temporal alignment of affine depth on constructed sequences."""
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from genpercept_cli.cli import app
+from genpercept_cli.files import quantize
+from genpercept_cli.temporal import ClipAlignment, flicker
+from genpercept_cli.video import FrameRange, read_frames
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+
+
+def _frame(i: int, h: int, w: int) -> np.ndarray:
+    """Frame i of a test clip: a bright band that widens with i (order shows), a green top band."""
+    image = np.full((h, w, 3), 40, np.uint8)
+    image[:, : 6 + 4 * i] = 230
+    image[: h // 4, :, 1] = 200
+    return image
+
+
+def write_clip(path: Path, frames: int = 8, h: int = 32, w: int = 48, codec: str = "libx264",
+               rotation: float | None = None, rate: int = 10, noisy: bool = False) -> Path:
+    """A clip of `frames` frames `_frame(i)`; noisy: random pixels added, so every frame takes many bytes."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(rate))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i in range(frames):
+            image = _frame(i, h, w)
+            if noisy:
+                image = image // 2 + rng.integers(0, 128, image.shape, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def _predict(*args):
+    return runner.invoke(app, ["predict", *map(str, args)])
+
+
+def _decoded(path: Path) -> list:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [stream.average_rate, *(f.to_ndarray(format="rgb24") for f in container.decode(stream))]
+
+
+@pytest.mark.parametrize("name,codec", [("clip.mp4", "libx264"), ("clip.mkv", "libx264"), ("clip.avi", "mpeg4"),
+                                        ("clip.webm", "libvpx-vp9")])
+def test_clip_outputs_have_one_frame_per_sampled_frame_in_order(tmp_path, checkpoint_root, name, codec):
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    write_clip(src / name, codec=codec)
+    out = tmp_path / "out"
+    result = _predict(tmp_path / "src", "-c", checkpoint_root / "unet_depth_v2", "-o", out, "--processing-res",
+                      "32", "--frame-stride", "2", "--temporal", "none")
+    assert result.exit_code == 0, result.output
+    raw = np.load(out / "a" / "clip_pred.npy")
+    assert raw.shape == (4, 32, 48) and raw.dtype == np.float32
+    rate, *colored = _decoded(out / "a" / "clip_colored.mp4")
+    assert rate == 5 and len(colored) == 4 and colored[0].shape == (32, 48, 3)  # 10 fps, every 2nd frame
+    pngs = sorted((out / "a" / "clip_pred").iterdir())
+    assert [p.name for p in pngs] == [f"{t:06d}_pred.png" for t in range(4)]
+    np.testing.assert_array_equal(np.asarray(Image.open(pngs[3])), quantize(raw[3], np.uint16))
+    assert not list(out.rglob(".*"))  # no temp file left
+
+
+def test_raw_frames_equal_predict_on_the_same_frames_as_images(tmp_path, checkpoint_root):
+    clip = write_clip(tmp_path / "clip.mov", frames=9, h=31, w=45, codec="mpeg4")  # odd sizes
+    frames = list(read_frames(clip, FrameRange(stride=3, max_frames=2)))
+    everything = list(read_frames(clip, FrameRange()))
+    assert len(everything) == 9 and all(np.array_equal(a, b) for a, b in zip(frames, everything[::3]))
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(stills / f"{t}.png")
+    model = checkpoint_root / "unet_depth_v2"
+    common = ["-c", model, "--processing-res", "32", "--formats", "npy,color", "--batch-size", "2"]
+    assert _predict(stills, "-o", tmp_path / "ref", *common).exit_code == 0
+    result = _predict(clip, "-o", tmp_path / "out", *common, "--frame-stride", "3", "--max-frames", "2",
+                      "--temporal", "none")
+    assert result.exit_code == 0, result.output
+    raw = np.load(tmp_path / "out" / "clip_pred.npy")
+    assert raw.shape == (2, 31, 45)
+    for t in range(2):
+        np.testing.assert_array_equal(raw[t], np.load(tmp_path / "ref" / f"{t}_pred.npy"))  # bit-exact
+    _, *colored = _decoded(tmp_path / "out" / "clip_colored.mp4")
+    assert colored[0].shape == (32, 46, 3)  # yuv420p: the odd last row and column repeated
+
+
+def test_rotation_metadata_is_applied(tmp_path, checkpoint_root):
+    clip = write_clip(tmp_path / "phone.mp4", rotation=-90)  # a phone's "rotate=90": turn clockwise to show
+    first = next(read_frames(clip, FrameRange()))
+    assert first.shape == (48, 32, 3)
+    assert first[:4, :, 0].mean() > 200 and first[-4:, :, 0].mean() < 80  # the bright left band is on top
+    assert first[:, -4:, 1].mean() > 150  # the green top band is on the right
+    result = _predict(clip, "-c", checkpoint_root / "unet_normal_v2", "-o", tmp_path / "out", "--processing-res",
+                      "32", "--max-frames", "3")
+    assert result.exit_code == 0, result.output
+    normals = np.load(tmp_path / "out" / "phone_pred.npy")
+    assert normals.shape == (3, 48, 32, 3)
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-5)
+    assert len(_decoded(tmp_path / "out" / "phone_pred.mp4")) == 4  # rate + 3 RGB frames
+
+
+def test_start_and_end_select_seconds(tmp_path):
+    clip = write_clip(tmp_path / "clip.mkv", frames=10)
+    everything = list(read_frames(clip, FrameRange()))
+    some = list(read_frames(clip, FrameRange(start=0.3, end=0.7)))
+    assert len(some) == 4 and all(np.array_equal(a, b) for a, b in zip(some, everything[3:7]))
+
+
+def _aligned(frames: list) -> list:
+    alignment = ClipAlignment.fit(frames)
+    return [alignment.apply(t, frame) for t, frame in enumerate(frames)]
+
+
+def _depth_scene(t: int, size: int = 48) -> np.ndarray:
+    """Ground-truth depth in [0.2, 1] of a slowly panning scene (a slanted plane with a bump)."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    return 0.2 + 0.5 * y + 0.3 * np.exp(-((x - 0.3 - 0.01 * t) ** 2 + (y - 0.5) ** 2) / 0.02)
+
+
+def test_alignment_brings_flicker_down_to_the_noise_level():
+    rng = np.random.default_rng(0)
+    noise = 0.002
+    truth = [_depth_scene(t) for t in range(30)]
+    distorted = []
+    for depth in truth:  # the unknown scale and shift of each frame of an affine-invariant model, and noise
+        d = rng.uniform(0.5, 2.0) * depth + rng.uniform(-0.5, 0.5) + rng.normal(0, noise, depth.shape)
+        distorted.append(d.astype(np.float32))
+    truth_norm = [(d - min(f.min() for f in truth)) / (max(f.max() for f in truth) - min(f.min() for f in truth))
+                  for d in truth]
+    aligned = _aligned(distorted)
+    motion = flicker(truth_norm)  # what the scene itself changes per frame
+    assert flicker(distorted) > motion + 0.02
+    assert flicker(aligned) < motion + 2 * noise
+    for frames, limit in ((aligned, 0.01), (distorted, None)):  # one affine map from the truth for the clip
+        s, c = np.polyfit(np.ravel(truth_norm), np.ravel(frames), 1)
+        error = max(np.abs(s * b + c - a).mean() for a, b in zip(frames, truth_norm))
+        assert error < limit if limit else error > 0.1
+
+
+def test_alignment_does_not_drift_over_1000_static_frames():
+    rng = np.random.default_rng(1)
+    noise = 0.005
+    truth = _depth_scene(0, size=24)
+    frames = [(rng.uniform(0.5, 2.0) * truth + rng.uniform(-0.5, 0.5) + rng.normal(0, noise, truth.shape))
+              for _ in range(1000)]
+    aligned = _aligned(frames)
+    noise_level = np.abs(aligned[0] - aligned[1]).mean()  # two frames differ by their noise only
+    assert np.abs(aligned[0] - aligned[-1]).mean() < 1.1 * noise_level
+    unaligned = _aligned(frames[:1]) + [f for f in frames[1:]]
+    assert np.abs(unaligned[0] - unaligned[-1]).mean() > 0.05
+
+
+def test_depth_video_is_aligned_by_default_and_not_with_temporal_none(tmp_path, checkpoint_root):
+    clip = write_clip(tmp_path / "clip.mp4")
+    model = checkpoint_root / "unet_depth_v2"
+    for mode in ("align", "none"):
+        assert _predict(clip, "-c", model, "-o", tmp_path / mode, "--processing-res", "32", "--formats", "npy",
+                        "--temporal", mode).exit_code == 0
+    raw = np.load(tmp_path / "none" / "clip_pred.npy")
+    aligned = np.load(tmp_path / "align" / "clip_pred.npy")
+    expected = _aligned(list(raw))
+    np.testing.assert_allclose(aligned, np.stack(expected), atol=1e-6)
+    assert aligned.min() == 0.0 and aligned.max() == 1.0 and not np.array_equal(aligned, raw)
+
+
+def test_truncated_clip_keeps_the_frames_before_the_damage(tmp_path, checkpoint_root):
+    good = write_clip(tmp_path / "good.mkv", frames=8, noisy=True)
+    bad = tmp_path / "src" / "cut.mkv"
+    bad.parent.mkdir()
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size * 6 // 10])
+    result = _predict(bad.parent, "-c", checkpoint_root / "unet_dis_v2", "-o", tmp_path / "out",
+                      "--processing-res", "32")
+    assert result.exit_code == 1
+    assert "cut.mkv: the file ends after 4 of the 8 frames its header announces (truncated); 4 frames kept." \
+        in " ".join(result.output.split())
+    assert np.load(tmp_path / "out" / "cut_pred.npy").shape == (4, 32, 48)
+    assert len(_decoded(tmp_path / "out" / "cut_pred.mp4")) == 5  # the 8-bit alpha as video
+    assert not list((tmp_path / "out").rglob(".*"))
+
+
+def _no_video_stream(path: Path) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 8000, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("case,args,message", [
+    ("not_a_video", [], "x.mp4: cannot be read as a video"),
+    ("audio_only", [], "x.mkv: holds no video stream."),
+    ("empty_range", ["--start", "5"], "x.mp4: holds no video frames between --start and --end."),
+])
+def test_unreadable_clips_write_nothing_and_fail_the_run(tmp_path, checkpoint_root, case, args, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    if case == "not_a_video":
+        (src / "x.mp4").write_bytes(b"\0" * 64 + b"not a video" * 30)
+    elif case == "audio_only":
+        _no_video_stream(src / "x.mkv")
+    else:
+        write_clip(src / "x.mp4", frames=4)
+    Image.fromarray(_frame(0, 32, 48)).save(src / "still.png")
+    out = tmp_path / "out"
+    result = _predict(src, "-c", checkpoint_root / "unet_depth_v2", "-o", out, "--processing-res", "32", *args)
+    assert result.exit_code == 1 and message in " ".join(result.output.split())
+    assert sorted(p.name for p in out.iterdir()) == ["still_colored.png", "still_pred.npy", "still_pred.png"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--frame-stride", "0"], "--frame-stride must be at least 1."),
+    (["--max-frames", "-1"], "--max-frames must be 0 (all) or positive."),
+    (["--start", "2", "--end", "1"], "--end must be after --start."),
+    (["--temporal", "smooth"], "--temporal must be one of align, none."),
+])
+def test_bad_video_options_are_usage_errors(tmp_path, checkpoint_root, flags, message):
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    result = _predict(clip, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out", *flags)
+    assert result.exit_code == 2 and result.output.strip() == f"error: {message}"
+    assert not (tmp_path / "out").exists()
