@@ -2,9 +2,10 @@
 
 A clip ``a/b/clip.mp4`` is one input of `genpercept predict`: its sampled frames (one size, so every batch
 is full) stream through the one runner (`runtime.runner.run`) and its predictions are written to a raw
-float32 array beside the outputs as they come (``.clip_raw.npy.tmp-<pid>``, a memory map, so memory stays
-bounded whatever the clip's length). A second pass reads it back one frame at a time, aligns affine depth
-and disparity over time (`temporal`), encodes each format and publishes every file atomically:
+float32 file beside the outputs as they come (``.clip_raw.tmp-<pid>``, `RawFrames`: written and read a
+frame at a time, never mapped, so memory stays bounded whatever the clip's length). A second pass reads
+it back one frame at a time, aligns affine depth and disparity over time (`temporal`), encodes each format
+and publishes every file atomically:
 
 - ``npy``: ``clip_pred.npy`` of shape [T, H, W(, C)], written incrementally, its header fixed at the end;
 - 8-bit pictures (colour maps, normal RGB, DIS/matting alpha): a video, the format's suffix with ``.mp4``
@@ -261,6 +262,30 @@ def _temp(path: Path) -> Path:
     return path.parent / f".{path.name}.tmp-{os.getpid()}"  # atomic_write's name: a later run removes it
 
 
+class RawFrames:
+    """float32 frames of one shape in a temp file at fixed offsets, written (from any thread) and read one
+    at a time with pwrite/pread, so they never sit in memory (a memory map's pages would count); the file is
+    removed on `close`."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.shape = path, shape[1:]
+        self.nbytes = int(np.prod(self.shape)) * 4
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def __setitem__(self, t: int, frame: np.ndarray) -> None:
+        data = np.ascontiguousarray(frame, np.float32).tobytes()
+        if os.pwrite(self.fd, data, t * self.nbytes) != len(data):
+            raise OSError(f"short write to {self.path}")
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return np.frombuffer(os.pread(self.fd, self.nbytes, t * self.nbytes), np.float32).reshape(self.shape)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.path.unlink(missing_ok=True)
+
+
 class NpyStream:
     """A .npy of shape [T, ...] written one frame at a time; `commit` fixes T in the header and publishes."""
 
@@ -366,7 +391,7 @@ def remove_stale(folder: Path) -> int:
     """Temp files of clip outputs left by a killed run (files.remove_stale_temp_files' rule)."""
     from .files import remove_stale_temp_files
 
-    return remove_stale_temp_files(folder, (*output_suffixes(), "_raw.npy"))
+    return remove_stale_temp_files(folder, (*output_suffixes(), "_raw"))
 
 
 TEMPORAL_MODES = ("align", "none")
@@ -411,9 +436,7 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, **run_opti
     info = probe_clip(path, frames)
     size = pipe.processed_size(*info.size, opts.processing_res)
     shape = (info.frames, *info.size, *((task.channels,) if task.channels > 1 else ()))
-    raw_path = stem.parent / f".{stem.name}_raw.npy.tmp-{os.getpid()}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    raw = np.lib.format.open_memmap(raw_path, "w+", np.float32, shape)  # on disk: memory stays bounded
+    raw = RawFrames(_temp(stem.parent / f"{stem.name}_raw"), shape)
     done = np.zeros(info.frames, bool)
     source = FrameSource(path, frames, info.frames)
 
@@ -430,10 +453,10 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, **run_opti
         kept = int(done.argmin()) if not done.all() else len(done)  # frames before the first failure
         if kept:
             temporal = opts.temporal == "align" and pipe.spec.kind in ALIGNED_KINDS
-            _publish(raw[:kept], stem, pipe, opts, info.rate, temporal)
+            _publish(raw, kept, stem, pipe, opts, info.rate, temporal)
     finally:
         source.close()
-        raw_path.unlink(missing_ok=True)  # the map stays valid until `raw` goes (POSIX)
+        raw.close()
     if kept == info.frames:
         return kept, None if info.damage is None else f"{info.damage.rstrip('.')}; {kept} frames kept."
     failure = next((message for job, message in result.failed if job.index == kept),
@@ -441,15 +464,15 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, **run_opti
     return kept, f"{failure.rstrip('.')}; {kept} of {info.frames} frames kept."
 
 
-def _publish(raw: np.ndarray, stem: Path, pipe, opts, rate: Fraction, temporal: bool) -> None:
-    """Encode the predictions raw [T, H, W(, C)] frame by frame into every format's file, aligned over time
-    first where `temporal`; every file appears complete or not at all."""
+def _publish(raw: RawFrames, count: int, stem: Path, pipe, opts, rate: Fraction, temporal: bool) -> None:
+    """Encode the first `count` predictions of `raw` frame by frame into every format's file, aligned over
+    time first where `temporal`; every file appears complete or not at all."""
     from .outputs import _encode
     from .tasks import get_task
     from .temporal import ClipAlignment
 
     task = get_task(pipe.task)
-    align = ClipAlignment.fit(raw) if temporal else None
+    align = ClipAlignment.fit(raw[t] for t in range(count)) if temporal else None
     writers = []
     for path, name in zip(output_files(stem, pipe.task, opts.formats), opts.formats):
         kind = _kind_of(pipe.task, name)
@@ -457,8 +480,8 @@ def _publish(raw: np.ndarray, stem: Path, pipe, opts, rate: Fraction, temporal: 
                   else PngFrames(path, task.formats[name].suffix))
         writers.append((name, writer))
     try:
-        for t in range(len(raw)):
-            frame = np.asarray(raw[t]) if align is None else align.apply(t, raw[t])
+        for t in range(count):
+            frame = raw[t] if align is None else align.apply(t, raw[t])
             if opts.normal_flip:
                 frame = task.flip(frame, opts.normal_flip)
             for name, writer in writers:
