@@ -2,8 +2,9 @@
 
 A clip ``a/b/clip.mp4`` is one input of `genpercept predict`: its sampled frames (one size, so every batch
 is full) stream through the one runner (`runtime.runner.run`) and its predictions are written to a raw
-float32 file beside the outputs as they come (``.clip_raw.tmp-<pid>``, `RawFrames`: written and read a
-frame at a time, never mapped, so memory stays bounded whatever the clip's length). A second pass reads
+float32 file beside the outputs as they come (``.clip_raw.partial``, `RawFrames`: written and read a
+frame at a time, never mapped, so memory stays bounded whatever the clip's length; a killed run leaves it,
+and ``--skip-existing`` resumes from its last complete frame). A second pass reads
 it back one frame at a time, aligns affine depth and disparity over time (`temporal`), encodes each format
 and publishes every file atomically:
 
@@ -194,8 +195,9 @@ class FrameSource:
     """Frame k of a clip for the runner's reader threads: decodes in order under a lock, keeping frames that
     were decoded for a later job until that job asks (at most the runner's read-ahead)."""
 
-    def __init__(self, path: Path, frames: FrameRange, count: int):
-        self.path, self.count = path, count
+    def __init__(self, path: Path, frames: FrameRange, count: int, first: int = 0):
+        """first: the first frame asked for (a resumed clip); earlier ones are decoded and dropped."""
+        self.path, self.count, self.first = path, count, first
         self._frames = read_frames(path, frames)
         self._next = 0
         self._ahead: dict[int, np.ndarray] = {}
@@ -208,7 +210,9 @@ class FrameSource:
         with self._lock:
             while k not in self._ahead and self._error is None:
                 try:
-                    self._ahead[self._next] = next(self._frames)
+                    frame = next(self._frames)
+                    if self._next >= self.first:
+                        self._ahead[self._next] = frame
                     self._next += 1
                 except StopIteration:
                     self._error = f"{self.path}: frames from {self._next} on cannot be decoded (damaged)."
@@ -263,27 +267,47 @@ def _temp(path: Path) -> Path:
 
 
 class RawFrames:
-    """float32 frames of one shape in a temp file at fixed offsets, written (from any thread) and read one
-    at a time with pwrite/pread, so they never sit in memory (a memory map's pages would count); the file is
-    removed on `close`."""
+    """float32 frames [T, ...] of a clip in a hidden file beside its outputs, at fixed offsets, written (from
+    any thread) and read one at a time with pwrite/pread, so they never sit in memory (a memory map's pages
+    would count). Layout: `identity` (what produced them), one done byte per frame, the frames. A frame's
+    done byte is set after the frame is written, so a killed run leaves only complete frames marked.
 
-    def __init__(self, path: Path, shape: tuple[int, ...]):
+    resume: keep the frames of an earlier, interrupted run when its identity is this one's (--skip-existing);
+    else start over. `close(keep)`: keep the file for a resume, or remove it."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], identity: bytes, resume: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.shape = path, shape[1:]
+        self.path, self.count, self.shape = path, shape[0], shape[1:]
         self.nbytes = int(np.prod(self.shape)) * 4
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        head = len(identity).to_bytes(4, "little") + identity
+        self.offset = len(head) + self.count
+        flags = os.O_RDWR | os.O_CREAT
+        self.fd = os.open(path, flags, 0o600)
+        if not (resume and os.pread(self.fd, len(head), 0) == head):
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, head + bytes(self.count), 0)
+        self.done = np.frombuffer(os.pread(self.fd, self.count, len(head)), np.uint8).astype(bool)
+        self.done_at = len(head)
+
+    def complete(self) -> int:
+        """How many frames from the first on are written (where a resumed run starts)."""
+        return int(self.done.argmin()) if not self.done.all() else self.count
 
     def __setitem__(self, t: int, frame: np.ndarray) -> None:
         data = np.ascontiguousarray(frame, np.float32).tobytes()
-        if os.pwrite(self.fd, data, t * self.nbytes) != len(data):
+        if os.pwrite(self.fd, data, self.offset + t * self.nbytes) != len(data):
             raise OSError(f"short write to {self.path}")
+        os.pwrite(self.fd, b"\1", self.done_at + t)
+        self.done[t] = True
 
     def __getitem__(self, t: int) -> np.ndarray:
-        return np.frombuffer(os.pread(self.fd, self.nbytes, t * self.nbytes), np.float32).reshape(self.shape)
+        data = os.pread(self.fd, self.nbytes, self.offset + t * self.nbytes)
+        return np.frombuffer(data, np.float32).reshape(self.shape)
 
-    def close(self) -> None:
+    def close(self, keep: bool = False) -> None:
         os.close(self.fd)
-        self.path.unlink(missing_ok=True)
+        if not keep:
+            self.path.unlink(missing_ok=True)
 
 
 class NpyStream:
@@ -391,7 +415,7 @@ def remove_stale(folder: Path) -> int:
     """Temp files of clip outputs left by a killed run (files.remove_stale_temp_files' rule)."""
     from .files import remove_stale_temp_files
 
-    return remove_stale_temp_files(folder, (*output_suffixes(), "_raw"))
+    return remove_stale_temp_files(folder, output_suffixes())
 
 
 TEMPORAL_MODES = ("align", "none")
@@ -436,32 +460,42 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, **run_opti
     info = probe_clip(path, frames)
     size = pipe.processed_size(*info.size, opts.processing_res)
     shape = (info.frames, *info.size, *((task.channels,) if task.channels > 1 else ()))
-    raw = RawFrames(_temp(stem.parent / f"{stem.name}_raw"), shape)
-    done = np.zeros(info.frames, bool)
-    source = FrameSource(path, frames, info.frames)
+    raw = RawFrames(stem.parent / f".{stem.name}_raw.partial", shape, _identity(pipe, path, opts, info),
+                    resume=opts.skip_existing)
+    first = raw.complete()  # > 0: a killed run's frames, kept (--skip-existing)
+    source = FrameSource(path, frames, info.frames, first)
 
     def load(job: Job) -> Loaded:
         return Loaded(job, pipe.model_input(source.frame(job.index), job.size), info.size)
 
     def sink(loaded: Loaded, prediction) -> None:
         raw[loaded.job.index] = _check_prediction(prediction, task, pipe.spec.kind)
-        done[loaded.job.index] = True
 
+    finished = False
     try:
-        result = run(pipe, [Job(k, size) for k in range(info.frames)], load, sink, batch_size=batch_size,
+        result = run(pipe, [Job(k, size) for k in range(first, info.frames)], load, sink, batch_size=batch_size,
                      sink_workers=2, describe=lambda job: f"{path} frame {job.index}", **run_options)
-        kept = int(done.argmin()) if not done.all() else len(done)  # frames before the first failure
+        kept = raw.complete()  # frames before the first failure
         if kept:
             temporal = opts.temporal == "align" and pipe.spec.kind in ALIGNED_KINDS
             _publish(raw, kept, stem, pipe, opts, info.rate, temporal)
+        finished = True
     finally:
         source.close()
-        raw.close()
+        raw.close(keep=not finished)  # interrupted: --skip-existing resumes from its frames
     if kept == info.frames:
         return kept, None if info.damage is None else f"{info.damage.rstrip('.')}; {kept} frames kept."
     failure = next((message for job, message in result.failed if job.index == kept),
                    f"{path}: frame {kept} was not predicted.")
     return kept, f"{failure.rstrip('.')}; {kept} of {info.frames} frames kept."
+
+
+def _identity(pipe, path: Path, opts, info: ClipInfo) -> bytes:
+    """What the raw frames of a clip depend on: a resumed run reuses them only when all of it is the same."""
+    stat = Path(path).stat()
+    return repr((str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, pipe.spec.name, str(pipe.dtype),
+                 str(getattr(pipe, "device", "")), opts.processing_res, opts.frame_range, info.frames,
+                 info.size)).encode()
 
 
 def _publish(raw: RawFrames, count: int, stem: Path, pipe, opts, rate: Fraction, temporal: bool) -> None:

@@ -236,3 +236,30 @@ def test_bad_video_options_are_usage_errors(tmp_path, checkpoint_root, flags, me
     result = _predict(clip, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out", *flags)
     assert result.exit_code == 2 and result.output.strip() == f"error: {message}"
     assert not (tmp_path / "out").exists()
+
+
+def test_skip_existing_resumes_a_killed_clip_from_its_last_complete_frame(tmp_path, checkpoint_root):
+    from genpercept_cli.pipeline import GenPerceptPipeline
+    from genpercept_cli.predict import PredictOptions, discover_images, run_predict
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=8)
+    pipe = GenPerceptPipeline.from_checkpoint(str(checkpoint_root / "unet_depth_v2"))
+    images = discover_images(str(clip)).images
+    options = PredictOptions(processing_res=32, batch_size=2, workers=1, skip_existing=True)
+    run_predict(pipe, images, tmp_path / "whole", options)
+    batches = []
+
+    def killed_after_two_batches():
+        batches.append(1)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(pipe, images, tmp_path / "out", options, overlap=False, after_batch=killed_after_two_batches)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".clip_raw.partial"]  # nothing published
+    batches.clear()
+    report = run_predict(pipe, images, tmp_path / "out", options, overlap=False, after_batch=lambda: batches.append(1))
+    assert (report.written, report.failed, len(batches)) == (1, [], 2)  # frames 4..7 only
+    for name in ("clip_pred.npy", "clip_colored.mp4"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip_colored.mp4", "clip_pred", "clip_pred.npy"]
