@@ -349,8 +349,8 @@ def run_predict(
         result = run(pipe, jobs, load, write, batch_size=batch_size, workers=opts.workers, sink_workers=2,
                      overlap=overlap, describe=lambda job: str(images[job.index].path), after_batch=after_batch,
                      clock=clock, progress=progress, task_id=task_id)
-        clips = [item for index, item in enumerate(images) if is_video(item.path) and index % dist.world == dist.rank]
-        predict_clips(pipe, clips, output, opts, report, batch_size, workers=opts.workers, overlap=overlap,
+        clips = [item for item in images if is_video(item.path)]  # every rank takes a share of every clip
+        predict_clips(pipe, clips, output, opts, report, batch_size, dist, workers=opts.workers, overlap=overlap,
                       after_batch=after_batch, clock=clock)
     report.written += result.done
     report.failed += [(images[job.index].path, message) for job, message in result.failed]

@@ -50,7 +50,9 @@ def fit_affine(x: np.ndarray, ref: np.ndarray, iterations: int = ITERATIONS,
         xs, rs = x[keep], ref[keep]
         if xs.size < 2 or np.ptp(xs) == 0:
             break
-        s, b = np.polyfit(xs, rs, 1)
+        xc, rc = xs - xs.mean(), rs - rs.mean()  # closed form, not polyfit: BLAS threads would change the bits
+        s = float((xc * rc).sum() / (xc * xc).sum())
+        b = float(rs.mean() - s * xs.mean())
         residual = np.abs(s * x + b - ref)
         mad = np.median(residual[keep])
         if mad == 0:

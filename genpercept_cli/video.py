@@ -289,8 +289,11 @@ class RawFrames:
         self.done = np.frombuffer(os.pread(self.fd, self.count, len(head)), np.uint8).astype(bool)
         self.done_at = len(head)
 
-    def complete(self) -> int:
-        """How many frames from the first on are written (where a resumed run starts)."""
+    def complete(self, reread: bool = False) -> int:
+        """How many frames from the first on are written (where a resumed run starts); reread: as the file
+        says now (other processes write frames too)."""
+        if reread:
+            self.done = np.frombuffer(os.pread(self.fd, self.count, self.done_at), np.uint8).astype(bool)
         return int(self.done.argmin()) if not self.done.all() else self.count
 
     def __setitem__(self, t: int, frame: np.ndarray) -> None:
@@ -422,33 +425,48 @@ TEMPORAL_MODES = ("align", "none")
 ALIGNED_KINDS = ("affine_depth", "affine_disparity")  # what temporal alignment applies to
 
 
-def predict_clips(pipe, clips: list, output: Path, opts, report, batch_size: int, **run_options) -> None:
+def predict_clips(pipe, clips: list, output: Path, opts, report, batch_size: int, dist=None,
+                  **run_options) -> None:
     """Predict every clip (`predict.InputImage`s of videos) and write its files under `output`, filling
     `report` (`predict.PredictReport`): a clip written counts once; a clip that failed, or was kept only up
     to a damaged frame, adds one line to `report.failed`. `opts`: resolved `predict.PredictOptions`;
-    `run_options`: passed to the runner (workers, overlap, after_batch, clock)."""
-    for folder in sorted({(output / clip.rel_stem).parent for clip in clips}):
-        report.stale_removed += remove_stale(folder)
+    `run_options`: passed to the runner (workers, overlap, after_batch, clock).
+
+    Under torchrun (`dist`) every rank takes part in every clip (`predict_clip`); rank 0 alone counts
+    them, so the combined report counts each clip once."""
+    from .runtime.distributed import Dist
+
+    dist = dist or Dist()
+    if dist.is_main:
+        for folder in sorted({(output / clip.rel_stem).parent for clip in clips}):
+            report.stale_removed += remove_stale(folder)
     for clip in clips:
         stem = output / clip.rel_stem
         if opts.skip_existing and all(p.exists() for p in output_files(stem, pipe.task, opts.formats)):
-            report.skipped_existing += 1
+            report.skipped_existing += dist.is_main
             continue
         try:
-            kept, problem = predict_clip(pipe, clip.path, stem, opts, batch_size, **run_options)
+            kept, problem = predict_clip(pipe, clip.path, stem, opts, batch_size, dist=dist, **run_options)
         except GenPerceptError as exc:
             kept, problem = 0, str(exc)
-        report.written += kept > 0
-        if problem:
-            report.failed.append((clip.path, problem))
+        if dist.is_main:
+            report.written += kept > 0
+            if problem:
+                report.failed.append((clip.path, problem))
 
 
-def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, **run_options) -> tuple[int, str | None]:
+def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, dist=None,
+                 **run_options) -> tuple[int, str | None]:
     """Predict one clip's sampled frames through the runner and publish its files (module docstring).
 
     Returns (frames written, None) or, when frames failed, (the frames before the first failure, which
-    are written, one sentence). Raises GenPerceptError (nothing written) for a clip that cannot be read."""
+    are written, one sentence). Raises GenPerceptError (nothing written) for a clip that cannot be read.
+
+    Under torchrun (`dist`, every rank calls this for the clip) the frames still to predict are split into
+    contiguous ranges, one per rank, written into the one raw file; rank 0 then aligns and publishes, as
+    one process would from the same raw frames, and every rank returns rank 0's answer."""
     from .outputs import _check_prediction
+    from .runtime.distributed import Dist
     from .runtime.runner import Job, Loaded, run
     from .tasks import get_task
 
@@ -460,9 +478,17 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, **run_opti
     info = probe_clip(path, frames)
     size = pipe.processed_size(*info.size, opts.processing_res)
     shape = (info.frames, *info.size, *((task.channels,) if task.channels > 1 else ()))
-    raw = RawFrames(stem.parent / f".{stem.name}_raw.partial", shape, _identity(pipe, path, opts, info),
-                    resume=opts.skip_existing)
-    first = raw.complete()  # > 0: a killed run's frames, kept (--skip-existing)
+    dist = dist or Dist()
+    raw_path, identity = stem.parent / f".{stem.name}_raw.partial", _identity(pipe, path, opts, info)
+    raw = RawFrames(raw_path, shape, identity, resume=opts.skip_existing) if dist.is_main else None
+    dist.gather(None)  # the others open the file rank 0 has prepared
+    raw = raw or RawFrames(raw_path, shape, identity, resume=True)
+    # Batches as one uninterrupted process makes them (batch composition moves fp32 results by an ulp): a
+    # resumed clip restarts at a batch boundary, and the ranks get contiguous runs of whole batches.
+    resumed = raw.complete() // batch_size * batch_size  # > 0: a killed run's frames (--skip-existing)
+    batches = np.array_split(np.arange(-(-(info.frames - resumed) // batch_size)), dist.world)[dist.rank]
+    first, stop = (resumed + int(batches[0]) * batch_size, min(info.frames, resumed + (int(batches[-1]) + 1)
+                   * batch_size)) if len(batches) else (info.frames, info.frames)
     source = FrameSource(path, frames, info.frames, first)
 
     def load(job: Job) -> Loaded:
@@ -473,19 +499,21 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, **run_opti
 
     finished = False
     try:
-        result = run(pipe, [Job(k, size) for k in range(first, info.frames)], load, sink, batch_size=batch_size,
+        result = run(pipe, [Job(k, size) for k in range(first, stop)], load, sink, batch_size=batch_size,
                      sink_workers=2, describe=lambda job: f"{path} frame {job.index}", **run_options)
-        kept = raw.complete()  # frames before the first failure
-        if kept:
+        failed = [f for part in dist.gather(result.failed) for f in part]  # every rank's frames are on disk now
+        kept = raw.complete(reread=dist.active)  # frames before the first failure
+        if kept and dist.is_main:
             temporal = opts.temporal == "align" and pipe.spec.kind in ALIGNED_KINDS
             _publish(raw, kept, stem, pipe, opts, info.rate, temporal)
+        dist.gather(None)  # published before any rank goes on (a later --skip-existing test sees the files)
         finished = True
     finally:
         source.close()
-        raw.close(keep=not finished)  # interrupted: --skip-existing resumes from its frames
+        raw.close(keep=not finished or not dist.is_main)  # interrupted: --skip-existing resumes from its frames
     if kept == info.frames:
         return kept, None if info.damage is None else f"{info.damage.rstrip('.')}; {kept} frames kept."
-    failure = next((message for job, message in result.failed if job.index == kept),
+    failure = next((message for job, message in failed if job.index == kept),
                    f"{path}: frame {kept} was not predicted.")
     return kept, f"{failure.rstrip('.')}; {kept} of {info.frames} frames kept."
 
@@ -493,9 +521,9 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, **run_opti
 def _identity(pipe, path: Path, opts, info: ClipInfo) -> bytes:
     """What the raw frames of a clip depend on: a resumed run reuses them only when all of it is the same."""
     stat = Path(path).stat()
+    device = getattr(getattr(pipe, "device", None), "type", "")  # cuda, not cuda:1: ranks share the file
     return repr((str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, pipe.spec.name, str(pipe.dtype),
-                 str(getattr(pipe, "device", "")), opts.processing_res, opts.frame_range, info.frames,
-                 info.size)).encode()
+                 device, opts.processing_res, opts.frame_range, info.frames, info.size)).encode()
 
 
 def _publish(raw: RawFrames, count: int, stem: Path, pipe, opts, rate: Fraction, temporal: bool) -> None:

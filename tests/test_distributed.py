@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from _archives import npy_bytes, png_bytes, write_tar, write_tree
 from PIL import Image
 from test_datasets import NYU_TAR, dis_files, hypersim_tree, matting_files, nyu_files, rng_image
@@ -164,3 +165,23 @@ def test_bench_speed_under_torchrun_reports_each_rank_and_the_aggregate(tmp_path
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["images_per_s"] > 0 for r in ranks)
     assert report["aggregate_images_per_s"] == sum(r["images_per_s"] for r in ranks)
     assert out.count("aggregate") == 1  # rank 0 alone prints
+
+
+@pytest.mark.usefixtures("one_thread")  # as each rank runs (OMP_NUM_THREADS=1): 2 threads move fp32 by an ulp
+def test_predict_clip_two_processes_split_the_frames_and_write_what_one_writes(tmp_path, checkpoint_root):
+    from test_video import write_clip
+
+    (tmp_path / "in").mkdir()
+    write_clip(tmp_path / "in" / "clip.mkv", frames=9, noisy=True)
+    ckpt = str(checkpoint_root / "unet_depth_v2")
+    args = ["--processing-res", "32", "--device", "cpu", "--batch-size", "2"]
+    single = CliRunner().invoke(app, ["predict", str(tmp_path / "in"), "-c", ckpt, "-o", str(tmp_path / "one"),
+                                      *args])
+    assert single.exit_code == 0, single.output
+    code, out = finish(torchrun("-m", "genpercept_cli", "predict", "in", "-c", ckpt, "-o", "two", *args,
+                                cwd=tmp_path))
+    assert code == 0, out
+    one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert sorted(one) == ["clip_colored.mp4", "clip_pred.npy", *(f"clip_pred/{t:06d}_pred.png" for t in range(9))]
+    assert one == two  # aligned over the whole clip from the frames both ranks predicted
+    assert out.count("wrote 1 of 1 images") == 1

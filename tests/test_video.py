@@ -263,3 +263,31 @@ def test_skip_existing_resumes_a_killed_clip_from_its_last_complete_frame(tmp_pa
     for name in ("clip_pred.npy", "clip_colored.mp4"):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip_colored.mp4", "clip_pred", "clip_pred.npy"]
+
+
+class _Rank1Of2:
+    """rank 1 of 2 whose partner has nothing to say (gather returns this rank's object twice)."""
+
+    rank, world, active, is_main = 1, 2, True, False
+
+    def gather(self, obj):
+        return [obj, obj]
+
+
+def test_under_torchrun_a_rank_predicts_its_contiguous_whole_batches_and_rank_0_publishes(tmp_path, checkpoint_root):
+    from genpercept_cli.pipeline import GenPerceptPipeline
+    from genpercept_cli.predict import PredictOptions
+    from genpercept_cli.video import predict_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=9)
+    pipe = GenPerceptPipeline.from_checkpoint(str(checkpoint_root / "unet_depth_v2"))
+    options = PredictOptions(processing_res=32).validate(pipe.spec)
+    seen = []
+    real = pipe.predict_batch
+    pipe.predict_batch = lambda rgb: seen.append(len(rgb)) or real(rgb)
+    predict_clip(pipe, clip, tmp_path / "out" / "clip", options, 2, dist=_Rank1Of2(), overlap=False)
+    assert seen == [2, 1]  # of the batches [0 1] [2 3] [4 5] [6 7] [8]: rank 0 the first three, rank 1 the rest
+    raw = tmp_path / "out" / ".clip_raw.partial"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [raw.name]  # rank 0 publishes and removes it
+    done = raw.read_bytes()[-(9 * 32 * 48 * 4) - 9 : -(9 * 32 * 48 * 4)]
+    assert done == bytes(6) + b"\1" * 3  # frames 6, 7, 8 written by this rank
