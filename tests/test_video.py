@@ -1,6 +1,7 @@
 """Video input (issue 21): clips encoded here with PyAV, predicted through `genpercept predict`, and the
 temporal alignment of affine depth on constructed sequences."""
 
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,14 +29,12 @@ def _frame(i: int, h: int, w: int) -> np.ndarray:
 
 
 def write_clip(path: Path, frames: int = 8, h: int = 32, w: int = 48, codec: str = "libx264",
-               rotation: float | None = None, rate: int = 10, noisy: bool = False) -> Path:
+               rate: int = 10, noisy: bool = False) -> Path:
     """A clip of `frames` frames `_frame(i)`; noisy: random pixels added, so every frame takes many bytes."""
     rng = np.random.default_rng(0)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=Fraction(rate))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
         for i in range(frames):
             image = _frame(i, h, w)
             if noisy:
@@ -100,8 +99,18 @@ def test_raw_frames_equal_predict_on_the_same_frames_as_images(tmp_path, checkpo
     assert colored[0].shape == (32, 46, 3)  # yuv420p: the odd last row and column repeated
 
 
+def _rotated_90(clip: Path) -> Path:
+    """`clip` (mp4) with the display matrix of a phone's "rotate=90" (shown turned clockwise) in its track
+    header, as FFmpeg writes it: [[0, 1], [-1, 0]] in 16.16 fixed point (PyAV < 16 cannot set it)."""
+    data = bytearray(clip.read_bytes())
+    at = data.index(b"tkhd") + 4 + 40  # version/flags, times, track id, duration, reserved, layer, volume
+    data[at : at + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    clip.write_bytes(bytes(data))
+    return clip
+
+
 def test_rotation_metadata_is_applied(tmp_path, checkpoint_root):
-    clip = write_clip(tmp_path / "phone.mp4", rotation=-90)  # a phone's "rotate=90": turn clockwise to show
+    clip = _rotated_90(write_clip(tmp_path / "phone.mp4"))
     first = next(read_frames(clip, FrameRange()))
     assert first.shape == (48, 32, 3)
     assert first[:4, :, 0].mean() > 200 and first[-4:, :, 0].mean() < 80  # the bright left band is on top
