@@ -85,6 +85,8 @@ def _open(path: Path):
 
     try:
         container = av.open(str(path))
+    except av.error.EOFError:  # a header and nothing after it (an empty file too)
+        raise VideoReadError(f"{path}: holds no video frames.") from None
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise VideoReadError(f"{path}: cannot be read as a video ({_reason(exc)}; damaged, truncated or not a "
                              "video).") from None

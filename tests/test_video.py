@@ -217,6 +217,7 @@ def _no_video_stream(path: Path) -> Path:
     ("not_a_video", [], "x.mp4: cannot be read as a video"),
     ("audio_only", [], "x.mkv: holds no video stream."),
     ("empty_range", ["--start", "5"], "x.mp4: holds no video frames between --start and --end."),
+    ("zero_frames", [], "x.mkv: holds no video frames."),
 ])
 def test_unreadable_clips_write_nothing_and_fail_the_run(tmp_path, checkpoint_root, case, args, message):
     src = tmp_path / "src"
@@ -225,6 +226,11 @@ def test_unreadable_clips_write_nothing_and_fail_the_run(tmp_path, checkpoint_ro
         (src / "x.mp4").write_bytes(b"\0" * 64 + b"not a video" * 30)
     elif case == "audio_only":
         _no_video_stream(src / "x.mkv")
+    elif case == "zero_frames":
+        with av.open(str(src / "x.mkv"), "w") as container:  # a stream's header, no frame
+            stream = container.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+            container.start_encoding()
     else:
         write_clip(src / "x.mp4", frames=4)
     Image.fromarray(_frame(0, 32, 48)).save(src / "still.png")
