@@ -197,6 +197,29 @@ def png_writer(array: np.ndarray) -> Callable[[Path], None]:
     return write
 
 
+def exr_writer(array: np.ndarray) -> Callable[[Path], None]:
+    """An atomic_write writer for float32 [H, W] (channel "Y") or [H, W, 3] (channels "R", "G", "B"), stored
+    as 32-bit float, ZIP-compressed (lossless: the values read back bit for bit, NaN included)."""
+    array = np.asarray(array, dtype=np.float32)
+    names = ("Y",) if array.ndim == 2 else ("R", "G", "B")
+    planes = [array] if array.ndim == 2 else [array[..., i] for i in range(3)]
+    channels = {name: np.ascontiguousarray(plane) for name, plane in zip(names, planes, strict=True)}
+
+    def write(tmp: Path) -> None:
+        import OpenEXR  # only where EXR files are written
+
+        header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+        with OpenEXR.File(header, channels) as exr:
+            exr.write(str(tmp))
+
+    return write
+
+
+def bytes_writer(data: bytes) -> Callable[[Path], None]:
+    """An atomic_write writer for a file's finished bytes (PLY, GLB, JSON)."""
+    return lambda tmp: Path(tmp).write_bytes(data)
+
+
 def quantize(values: np.ndarray, dtype: type) -> np.ndarray:
     """float in [0, 1] (clipped) -> round(v * max) as uint8 or uint16."""
     top = np.iinfo(dtype).max

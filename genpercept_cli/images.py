@@ -162,6 +162,21 @@ def read_rgb(path: str | Path) -> np.ndarray:
             return to_rgb_array(upright)
 
 
+def read_focal_35mm(path: str | Path) -> float | None:
+    """The photo's EXIF 35 mm-equivalent focal length in mm (tag FocalLengthIn35mmFilm), or None when it
+    records none (or the file has no readable EXIF): a camera hint, never a reason to fail."""
+    try:
+        with _quiet_header(), Image.open(path) as img:  # the base method: EXIF before the pixels (see above)
+            value = Image.Image.getexif(img).get_ifd(0x8769).get(0xA405)  # Exif IFD -> FocalLengthIn35mmFilm
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+    try:
+        focal = float(value)
+    except (TypeError, ValueError):
+        return None
+    return focal if focal > 0 else None
+
+
 def read_exr_channels(source: str | Path | bytes, name: str | Path | None = None) -> dict[str, np.ndarray]:
     """An OpenEXR file (a path, or its bytes) -> {channel name: float32 [H, W]} of its first part (half or
     float channels), read with the format's official bindings (`openexr`: OpenCV 5 wheels have no EXR).

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .checkpoints import CheckpointSpec
 from .errors import GenPerceptError
-from .images import IMAGE_SUFFIXES, ImageReadError, read_rgb, read_size
+from .geometry import DEFAULT_MESH_RES, SceneOptions, parse_depth_range
+from .images import IMAGE_SUFFIXES, ImageReadError, read_focal_35mm, read_rgb, read_size
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class PredictOptions:
         bit-exact); 0 = never, None = leave the pipeline's setting as it is.
     normal_flip: normal axes to negate before writing, e.g. "yz" (normal models only).
     skip_existing: skip images whose outputs all exist (resume).
+    fov, depth_range, points_stride, mesh_res: the camera and 3D options of the ply/glb formats
+        (`geometry.SceneOptions`); depth_range as "NEAR,FAR" or a pair, None = the default.
     """
 
     processing_res: int | None = None
@@ -46,6 +49,15 @@ class PredictOptions:
     tile_above: float | None = 16.0
     normal_flip: str = ""
     skip_existing: bool = False
+    fov: float | None = None
+    depth_range: str | tuple[float, float] | None = None
+    points_stride: int = 1
+    mesh_res: int = DEFAULT_MESH_RES
+
+    @property
+    def scene(self) -> SceneOptions:
+        """The 3D options of every image (its EXIF focal length is added per image)."""
+        return SceneOptions(self.fov, parse_depth_range(self.depth_range), self.points_stride, self.mesh_res)
 
     def validate(self, spec: CheckpointSpec) -> PredictOptions:
         """Raise GenPerceptError naming the first bad option, in the words of `genpercept predict`;
@@ -66,7 +78,9 @@ class PredictOptions:
             raise GenPerceptError("--tile-above must be 0 (never) or a number of megapixels.")
         if self.normal_flip and spec.task != "normal":
             raise GenPerceptError(f"--normal-flip applies to normal models; {spec.name!r} predicts {spec.task}.")
-        return replace(self, formats=formats, processing_res=res, normal_flip=parse_normal_flip(self.normal_flip))
+        scene = self.scene.validate()
+        return replace(self, formats=formats, processing_res=res, normal_flip=parse_normal_flip(self.normal_flip),
+                       depth_range=None if self.depth_range is None else scene.depth_range)
 
 
 @dataclass
@@ -299,7 +313,7 @@ def run_predict(
     and the returned report is the whole run's, on every rank; `progress` must then be a
     `GlobalProgress` on every rank.
     """
-    from .outputs import write_prediction
+    from .outputs import get_task, write_prediction
     from .runtime.distributed import Dist
     from .runtime.runner import Loaded, run
 
@@ -311,16 +325,21 @@ def run_predict(
     if dist.active and progress is None:
         dist.gather(None)  # no rank writes before rank 0 has removed stale temporary files
     task_id = progress.add_task("predict", total=len(jobs)) if progress else None
-    keep_image = "rgba" in opts.formats  # the cut-out is the only output that needs the full-res pixels
+    formats = get_task(pipe.task).formats
+    keep_image = any(formats[name].needs_image for name in opts.formats)  # cut-out, 3D files: full-res pixels
+    in_3d = any(not formats[name].per_pixel for name in opts.formats)
 
     def load(job) -> Loaded:
-        image = read_rgb(images[job.index].path)
-        return Loaded(job, pipe.model_input(image, job.size), image.shape[:2], image if keep_image else None)
+        path = images[job.index].path
+        image = read_rgb(path)
+        scene = opts.scene.for_photo(read_focal_35mm(path)) if in_3d else None
+        return Loaded(job, pipe.model_input(image, job.size), image.shape[:2], (image if keep_image else None, scene))
 
     def write(loaded: Loaded, prediction) -> None:
         item = images[loaded.job.index]
-        write_prediction(prediction, pipe.task, output / item.rel_stem, opts.formats, image=loaded.context,
-                         normal_flip=opts.normal_flip, kind=pipe.spec.kind, labels=pipe.spec.labels)
+        image, scene = loaded.context
+        write_prediction(prediction, pipe.task, output / item.rel_stem, opts.formats, image=image,
+                         normal_flip=opts.normal_flip, kind=pipe.spec.kind, labels=pipe.spec.labels, scene=scene)
 
     with _tiled_decode(pipe, opts.tile_above):
         result = run(pipe, jobs, load, write, batch_size=batch_size, workers=opts.workers, sink_workers=2,

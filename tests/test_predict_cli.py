@@ -391,19 +391,19 @@ def test_interrupt_in_a_writer_leaves_only_complete_files(tmp_path, checkpoint_r
     import genpercept_cli.outputs as outputs
 
     _same_size_images(tmp_path / "src", 4)
-    real_writer, count = outputs._npy_writer, []
+    real_atomic_write, count = outputs.atomic_write, []
 
-    def half_then_interrupt(array):
+    def half_then_interrupt(path, writer):  # each format names its writer: wrap them where they are called
         def write(tmp):
             count.append(tmp)
             if len(count) == 2:
                 tmp.write_bytes(b"\x93NUMPY half")
                 raise KeyboardInterrupt
-            real_writer(array)(tmp)
+            writer(tmp)
 
-        return write
+        real_atomic_write(path, write)
 
-    monkeypatch.setattr(outputs, "_npy_writer", half_then_interrupt)
+    monkeypatch.setattr(outputs, "atomic_write", half_then_interrupt)
     out = tmp_path / "out"
     result = _predict(tmp_path / "src", "-c", checkpoint_root / "unet_depth_v2", "-o", out, "--processing-res", "32",
                       "--formats", "npy")

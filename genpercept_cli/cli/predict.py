@@ -10,6 +10,12 @@ from rich.markup import escape
 
 from .console import console, make_progress
 
+# `tasks.formats_summary()`, written out so --help imports no task (numpy); tests/test_formats.py keeps them equal.
+FORMATS_HELP = (
+    "depth, disparity: npy png16 color exr ply glb camera; normal: npy rgb exr; dis, matting: png png16 rgba npy; "
+    "seg: color label npy; semseg: npy png color"
+)
+
 
 def predict_command(
     source: str = typer.Argument(..., help="An image file, a folder (searched recursively) or a quoted glob."),
@@ -17,7 +23,7 @@ def predict_command(
     checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help="Registry name, hub id[/subfolder] or local folder (default: the task's v2 model)."),
     output: Path = typer.Option(Path("genpercept_output"), "--output", "-o", help="Output root; the input tree is mirrored below it."),
     processing_res: int | None = typer.Option(None, help="Long side the model sees, in pixels; 0 = native size (default: the checkpoint's, 768)."),
-    formats: str | None = typer.Option(None, help="Comma-separated outputs, e.g. npy,png16,color; png = the task's main <stem>_pred.png (default: the task's)."),
+    formats: str | None = typer.Option(None, help=f"Comma-separated outputs, e.g. npy,png16,color; png = the task's main <stem>_pred.png (default: the task's). Per task: {FORMATS_HELP}."),
     batch_size: int = typer.Option(0, help="Images per batch; 0 = automatic (1 on CPU, by free memory on CUDA)."),
     device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", help="auto (the family's reference precision: fp32 for Meta Prompts; otherwise fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
@@ -26,6 +32,10 @@ def predict_command(
     workers: int = typer.Option(4, help="Background threads decoding images."),
     tile_above: float = typer.Option(16.0, help="Decode processed images above this many megapixels in overlapping tiles (bounded memory, not bit-exact); 0 = never."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the modules (slow first batch per image size; pays off on long GPU runs)."),
+    fov: float | None = typer.Option(None, help="ply/glb: horizontal field of view in degrees (default: from the photo's EXIF 35 mm focal length, else 55)."),
+    depth_range: str | None = typer.Option(None, help="ply/glb of affine-invariant depth or disparity: NEAR,FAR distances its [0, 1] maps onto (default 1,10; the result is up to scale and shift)."),
+    points_stride: int = typer.Option(1, help="ply: one point every N pixels in x and y."),
+    mesh_res: int = typer.Option(1024, help="glb: at most this many vertices on the image's long side."),
 ):
     """Predict depth, disparity, normals, DIS, matting or segmentation for images."""
     from dataclasses import replace
@@ -43,6 +53,7 @@ def predict_command(
     options = PredictOptions(
         processing_res=processing_res, formats=formats, batch_size=batch_size, workers=workers,
         tile_above=tile_above, normal_flip=normal_flip, skip_existing=skip_existing,
+        fov=fov, depth_range=depth_range, points_stride=points_stride, mesh_res=mesh_res,
     ).validate(spec)
     check_writable(output, "--output", folder=True)  # creates it: after every check that could refuse the run
 
