@@ -232,7 +232,7 @@ def test_checkpoints_lists_every_entry_with_family_resolution_status_and_where_t
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:] if line and not line.startswith(" ")
-            and not line.startswith("Download")}
+            and not line.startswith(("Download", "Formats"))}
     registry = load_registry()
     assert set(rows) == set(registry)
     assert rows["depth"] == ["genpercept", "depth", "768", "not", "cached"]
