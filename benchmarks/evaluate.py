@@ -111,7 +111,8 @@ def prediction_stem(key: str) -> str:
 
 def load_prediction(pred_dir: Path, key: str, task: str) -> np.ndarray:
     """A prediction written by `genpercept predict` for a benchmark of `task`, read as that task reads
-    its files (`tasks.Task.read_saved`: npy first; 8-bit PNGs for dis/matting, label PNG for seg).
+    its files (`tasks.Task.read_saved`: npy first; float EXR for depth and normals; 8-bit PNGs for
+    dis/matting, label PNG for seg).
     Raises FileNotFoundError when none exists, NotNumericPrediction for a .npy of anything but bool,
     integers or floats."""
     return get_task(task).read_saved(pred_dir / prediction_stem(key))

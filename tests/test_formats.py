@@ -61,6 +61,15 @@ def test_exr_equals_the_npy_bit_for_bit_and_eval_reads_it(tmp_path, checkpoint_r
     np.testing.assert_array_equal(saved.view(np.uint32), npy.view(np.uint32))
 
 
+def test_an_unreadable_exr_is_a_prediction_that_cannot_be_read(tmp_path):
+    (tmp_path / "img_pred.exr").write_bytes(b"v/1\x01 not an exr")
+    with pytest.raises(ValueError, match="is not a readable OpenEXR file"):
+        load_prediction(tmp_path, "img.png", "depth")
+    write_prediction(np.zeros((H, W), np.float32), "depth", tmp_path / "img", ["exr"])
+    with pytest.raises(ValueError, match="has the channels Y, not R, G, B"):
+        load_prediction(tmp_path, "img.png", "normal")
+
+
 def test_exr_of_metric_depth_keeps_metres_and_nan_bit_for_bit(tmp_path):
     metres = np.random.default_rng(3).uniform(0.5, 80.0, (H, W)).astype(np.float32)
     metres[0, :5] = np.nan  # no prediction

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GenPerceptError
+from ..errors import DataError, GenPerceptError
 from ..files import exr_writer, npy_writer, png_writer, quantize, read_numeric_npy
 from ..images import read_exr_channels
 
@@ -116,16 +116,20 @@ class Task:
         <stem>_pred.exr of tasks that write one (channel Y, or R, G, B stacked as [H, W, 3]).
 
         Raises FileNotFoundError when there is none, files.NotNumericPrediction for a .npy of anything
-        but bool, integers or floats, DataError for an unreadable EXR."""
+        but bool, integers or floats, ValueError for an unreadable EXR or one without those channels."""
         npy = Path(f"{stem}{NPY.suffix}")
         if npy.is_file():
             return read_numeric_npy(npy)
         exr = Path(f"{stem}{EXR.suffix}")
         if "exr" in self.formats and exr.is_file():
-            channels = read_exr_channels(exr)
+            try:
+                channels = read_exr_channels(exr)
+            except DataError as exc:  # scored as unreadable, like a broken .npy: not the end of the run
+                raise ValueError(str(exc)) from None
             names = ("Y",) if self.channels == 1 else ("R", "G", "B")
-            if all(name in channels for name in names):
-                return channels["Y"] if self.channels == 1 else np.stack([channels[n] for n in names], axis=-1)
+            if not all(name in channels for name in names):
+                raise ValueError(f"{exr} has the channels {', '.join(sorted(channels))}, not {', '.join(names)}")
+            return channels["Y"] if self.channels == 1 else np.stack([channels[n] for n in names], axis=-1)
         raise FileNotFoundError(npy)
 
     def check_saved(self, pred: np.ndarray, size: tuple[int, int], kind: str | None = None) -> str | None:
