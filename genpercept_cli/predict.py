@@ -304,10 +304,10 @@ def run_predict(
 
     Runs the one runner (`runtime.runner.run`) with a reader that decodes and resizes and a writer sink.
     Memory: a full-resolution image lives only while a reader thread decodes and resizes it (at most
-    `workers` at once), unless a format needs it (the "rgba" cut-out, the 3D files' colours); at most `batch_size + workers` model inputs
-    wait decoded, and a few predictions wait to be written. Ctrl-C (or SIGTERM, turned into
-    KeyboardInterrupt by the CLI) cancels queued reads and writes; writes already running finish, and
-    each is atomic, so no partial file remains. `clock`, `overlap`, `after_batch`: see the runner.
+    `workers` at once), unless a format needs it (the "rgba" cut-out, the 3D files' colours); at most
+    `batch_size + workers` model inputs wait decoded, and a few predictions wait to be written. Ctrl-C (or
+    SIGTERM, turned into KeyboardInterrupt by the CLI) cancels queued reads and writes; writes already running
+    finish, and each is atomic, so no partial file remains. `clock`, `overlap`, `after_batch`: see the runner.
 
     `dist` (`runtime.distributed.Dist`, under torchrun): this rank predicts images rank, rank + world, ...
     and the returned report is the whole run's, on every rank; `progress` must then be a
