@@ -368,7 +368,7 @@ _DEPTH_PROTOCOLS = {
 
 
 def paper_results() -> dict:
-    return tomllib.loads(resources.files("benchmarks").joinpath("paper_results.toml").read_text())
+    return tomllib.loads(resources.files("benchmarks").joinpath("paper_results.toml").read_text(encoding="utf-8"))
 
 
 def paper_row(section: str | None, key: str | None, checkpoint: str | None, res: int, tta: str = "single",
@@ -412,12 +412,12 @@ def _write_outputs(result: EvalResult, json_path: Path | None, csv_path: Path | 
 
     if json_path is not None:
         text = json.dumps(result.to_json(), indent=2)
-        atomic_write(Path(json_path), lambda tmp: Path(tmp).write_text(text + "\n"))
+        atomic_write(Path(json_path), lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
     if csv_path is not None and result.rows:
         fields = list(dict.fromkeys(k for row in result.rows for k in row))
 
         def write_csv(tmp):
-            with open(tmp, "w", newline="") as fh:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 writer = csv.DictWriter(fh, fieldnames=fields)
                 writer.writeheader()
                 writer.writerows(result.rows)

@@ -115,8 +115,8 @@ class CheckpointFiles:
 def _registry_text() -> str:
     packaged = resources.files("genpercept_cli").joinpath("checkpoints.toml")
     if packaged.is_file():  # wheel install: hatch copies the root file into the package
-        return packaged.read_text()
-    return (Path(__file__).resolve().parent.parent / "checkpoints.toml").read_text()  # source tree
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parent.parent / "checkpoints.toml").read_text(encoding="utf-8")  # source tree
 
 
 def load_registry() -> dict[str, CheckpointSpec]:
@@ -203,7 +203,7 @@ def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
 def read_json(path: Path) -> dict:
     """The JSON object in `path`; a missing, unreadable or non-object file is one sentence."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing; copy it from the released checkpoint.") from None
     except (OSError, ValueError) as exc:
@@ -300,7 +300,7 @@ def _read_spec_file(unet_dir: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        declared = json.loads(path.read_text())
+        declared = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc}).") from None
     if not isinstance(declared, dict):
@@ -322,7 +322,7 @@ def _refuse_part_folder(folder: Path) -> None:
     is_vae = False
     if config.is_file():
         try:
-            fields = json.loads(config.read_text())
+            fields = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             fields = {}
         is_vae = isinstance(fields, dict) and (

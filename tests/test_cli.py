@@ -242,3 +242,24 @@ def test_checkpoints_lists_every_entry_with_family_resolution_status_and_where_t
     assert f"  {nyu.file}  {nyu.url}" in lines
     assert f"Download these by hand into {tmp_path / 'home'}" in result.output
     assert "prs-eth/marigold-depth-v1-1 · licence: openrail++" in result.output
+
+
+def _ascii_locale_run(*args: str, cwd) -> subprocess.CompletedProcess:
+    """`python -m genpercept_cli ARGS` under an ASCII locale (LC_ALL=C, UTF-8 mode off, no PYTHONIOENCODING)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONIOENCODING", "LANG", "LC_CTYPE")}
+    env.update(LC_ALL="C", PYTHONUTF8="0", COLUMNS="120")
+    return subprocess.run([sys.executable, "-m", "genpercept_cli", *args], cwd=cwd, env=env, capture_output=True,
+                          timeout=300)
+
+
+def test_every_command_works_under_an_ascii_locale(photo, tmp_path, checkpoint_root):
+    """checkpoints.toml and the other package files are UTF-8 whatever the locale; "·", "–" or "→" in a message
+    print as "?" instead of raising UnicodeEncodeError."""
+    listing = _ascii_locale_run("checkpoints", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr.decode("ascii", "replace")
+    assert b"metaprompts-nyu" in listing.stdout and b"Traceback" not in listing.stderr
+    run = _ascii_locale_run("predict", str(photo), "-c", str(checkpoint_root / "unet_depth_v2"), "-o", "out",
+                            "--processing-res", "16", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr.decode("ascii", "replace")
+    assert b"wrote 1 of 1 images" in run.stderr and b"Traceback" not in run.stderr
+    assert (tmp_path / "out" / "photo_pred.npy").is_file()

@@ -13,7 +13,7 @@ from .. import __version__
 from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, GenPerceptError, Terminated
 from .bench import bench_speed
 from .checkpoints import checkpoints_command
-from .console import console, make_progress
+from .console import console, make_progress, tolerate_narrow_encodings
 from .convert import convert_command
 from .eval import eval_command
 from .predict import predict_command
@@ -89,6 +89,7 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _raise_terminated)
+    tolerate_narrow_encodings()
     from ..runtime.allocator import tune_heap
 
     tune_heap()  # before the first large tensor: keep activations in the heap (GENPERCEPT_MALLOC=system: off)

@@ -92,4 +92,4 @@ def bench_speed(
         console.print(f"one-step images/s per rank: {rates}; aggregate {report['aggregate_images_per_s']:.2f} "
                       f"over {dist.world} ranks, measured at the same time", highlight=False)
     if json_path is not None:
-        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"))

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 
 console = Console(stderr=True, soft_wrap=True)
+
+
+def tolerate_narrow_encodings() -> None:
+    """Under an ASCII locale (LC_ALL=C with PYTHONUTF8=0) stdout cannot encode "²", "ᾱ" or "→" and Python
+    raises on the first one; there each such character is written as "?" instead (stdout and stderr)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "²ᾱ→–·".encode(stream.encoding or "ascii")
+        except (LookupError, UnicodeEncodeError):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="replace")
 
 
 def make_progress():

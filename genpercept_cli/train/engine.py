@@ -297,7 +297,7 @@ class Trainer:
         """Append to RUN/loss.jsonl (always) and to the configured trackers (main process)."""
         if not self.acc.is_main_process:
             return
-        with open(self.run / LOSS_FILE, "a") as fh:
+        with open(self.run / LOSS_FILE, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
         if self.cfg.trackers:
             flat = {k: v for k, v in _flat(entry).items() if isinstance(v, (int, float)) and k != "step"}

@@ -242,7 +242,7 @@ def write_converted(state: dict[str, torch.Tensor], folder: Path, config: MetaPr
     temps = []
     try:
         for name, write in ((WEIGHTS_FILE, lambda p: save_file(tensors, str(p))),
-                            (SPEC_FILE, lambda p: p.write_text(text))):
+                            (SPEC_FILE, lambda p: p.write_text(text, encoding="utf-8"))):
             handle, temp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
             os.close(handle)
             temps.append((Path(temp), folder / name))
