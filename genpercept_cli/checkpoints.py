@@ -392,6 +392,9 @@ def resolve_checkpoint(ref: str, task: str | None = None) -> CheckpointSpec:
     A local path wins over a hub id of the same spelling; anything spelled as a path that does not
     exist is refused as a missing folder (never sent to the hub); a wrong `task` is refused.
     """
+    if not ref.strip():  # Path("") is the current folder
+        raise CheckpointError("--checkpoint is empty (an unset shell variable?); give a registry name, a hub id or "
+                              "a folder.")
     registry = load_registry()
     if ref in registry:
         spec = registry[ref]

@@ -130,6 +130,8 @@ def discover_images(source: str) -> SourceScan:
     followed once, after the real tree: a loop or a second link to a folder adds nothing. Raises
     GenPerceptError when nothing matches.
     """
+    if not source.strip():  # Path("") is the current folder: an unset shell variable would predict all of it
+        raise GenPerceptError("the source is empty (an unset shell variable?); give an image file, a folder or a glob.")
     root = Path(source).expanduser()
     if root.is_file():  # before the glob test: "photo[1].jpg" may be a file's real name
         return _with_stems([root], root.parent, SourceScan([]))

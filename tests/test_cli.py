@@ -263,3 +263,26 @@ def test_every_command_works_under_an_ascii_locale(photo, tmp_path, checkpoint_r
     assert run.returncode == 0, run.stderr.decode("ascii", "replace")
     assert b"wrote 1 of 1 images" in run.stderr and b"Traceback" not in run.stderr
     assert (tmp_path / "out" / "photo_pred.npy").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["predict", ""], "the source is empty (an unset shell variable?)"),
+    (["predict", "  "], "the source is empty (an unset shell variable?)"),
+    (["predict", "{photo}", "-o", ""], "--output is empty (an unset shell variable?)"),
+    (["predict", "{photo}", "-c", ""], "--checkpoint is empty (an unset shell variable?)"),
+    (["eval", "-d", "nyu", "--predictions", ""], "--predictions is empty"),
+    (["eval", "-d", "nyu", "--data-dir", " "], "--data-dir is empty"),
+    (["eval", "-d", "nyu", "-c", ""], "--checkpoint is empty"),
+    (["eval", "-d", "nyu", "-o", ""], "--output is empty"),
+    (["convert", "", "--release", "metaprompts-nyu"], "FILE is empty"),
+    (["train", "--config", ""], "--config is empty"),
+    (["bench-speed", "--json", ""], "--json is empty"),
+])
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(args, message, photo, tmp_path, monkeypatch):
+    """`genpercept predict "$UNSET"` predicted every image below the current folder."""
+    (tmp_path / "here.png").write_bytes(photo.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [a.format(photo=photo) for a in args])
+    assert result.exit_code == 2, result.output
+    assert f"error: {message}" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here.png", "photo.png"]  # nothing written here

@@ -10,6 +10,7 @@ import typer
 
 from ..errors import GenPerceptError
 from .console import console
+from .paths import given_path
 
 
 def bench_speed(
@@ -48,7 +49,7 @@ def bench_speed(
     attention: str = typer.Option("sdpa", help="sdpa (fused attention) or classic (explicit softmax)."),
     warmup: int = typer.Option(1, help="Untimed runs before the repeats."),
     repeats: int = typer.Option(3, help="Timed runs per protocol (median and spread are over these)."),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the full report to this JSON file."),
+    json_path: Path | None = typer.Option(None, "--json", parser=given_path("--json"), help="Write the full report to this JSON file."),
     model_size: str = typer.Option("sd21", hidden=True, help="Random weights: sd21 or tiny (tests)."),
     head: str = typer.Option("vae", help="Random weights: vae (VAE-decoder models) or dpt (DPT head)."),
     seed: int = typer.Option(0, hidden=True),

@@ -8,12 +8,13 @@ import typer
 from rich.markup import escape
 
 from .console import console
+from .paths import given_path
 
 
 def convert_command(
-    file: Path = typer.Argument(..., help="The released .pth file (read safely: tensors only, nothing executed)."),
+    file: Path = typer.Argument(..., parser=given_path("FILE"), help="The released .pth file (read safely: tensors only, nothing executed)."),
     release: str = typer.Option(..., "--release", "-r", help="Which release the file is, e.g. metaprompts-nyu (see `genpercept checkpoints`)."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Folder to write model.safetensors + genpercept.json into (default: the release's folder in the checkpoint home, used by --checkpoint NAME)."),
+    output: Path | None = typer.Option(None, "--output", "-o", parser=given_path("--output"), help="Folder to write model.safetensors + genpercept.json into (default: the release's folder in the checkpoint home, used by --checkpoint NAME)."),
 ):
     """Convert a released Meta Prompts .pth into a folder that loads fast and safely (--checkpoint FOLDER)."""
     from ..checkpoints import load_registry

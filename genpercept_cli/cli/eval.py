@@ -10,16 +10,17 @@ from rich.markup import escape
 
 from ..errors import GenPerceptError
 from .console import console, make_progress
+from .paths import given_path
 
 
 def eval_command(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Benchmark: nyu, kitti, eth3d, scannet, diode[-indoor|-outdoor], nyu-normal, scannet-normal, sintel-normal, ibims-normal, vkitti-normal, dis-vd, dis-te1..4, dis-te, p3m-500-np, aim-500, hypersim-seg, ade20k, cityscapes."),
-    data_dir: Path | None = typer.Option(None, envvar="GENPERCEPT_DATA", help="Root holding the public evaluation archives (or set GENPERCEPT_DATA)."),
+    data_dir: Path | None = typer.Option(None, envvar="GENPERCEPT_DATA", parser=given_path("--data-dir"), help="Root holding the public evaluation archives (or set GENPERCEPT_DATA)."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help="Model to run (default: the benchmark task's v2 model, unless --predictions)."),
-    predictions: Path | None = typer.Option(None, help="Score predictions on disk instead: <DIR>/<sample path without suffix>_pred.npy, as `predict` writes."),
-    save_predictions: Path | None = typer.Option(None, help="Also write the model's predictions here (npy, the --predictions layout)."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="results JSON; a per-image CSV is written beside it."),
-    csv_path: Path | None = typer.Option(None, "--csv", help="Per-image CSV (default: beside --output)."),
+    predictions: Path | None = typer.Option(None, parser=given_path("--predictions"), help="Score predictions on disk instead: <DIR>/<sample path without suffix>_pred.npy, as `predict` writes."),
+    save_predictions: Path | None = typer.Option(None, parser=given_path("--save-predictions"), help="Also write the model's predictions here (npy, the --predictions layout)."),
+    output: Path | None = typer.Option(None, "--output", "-o", parser=given_path("--output"), help="results JSON; a per-image CSV is written beside it."),
+    csv_path: Path | None = typer.Option(None, "--csv", parser=given_path("--csv"), help="Per-image CSV (default: beside --output)."),
     limit: int | None = typer.Option(None, help="Only the first N samples (a quick look; not comparable to the paper)."),
     processing_res: int | None = typer.Option(None, help="Override the protocol's processing resolution."),
     space: str = typer.Option("auto", help="Depth alignment space: auto (from the checkpoint), depth, disparity or metric (no alignment)."),
@@ -81,7 +82,8 @@ def eval_command(
     if save_predictions is not None:
         check_writable(save_predictions, "--save-predictions", folder=True)
     if predictions is None:  # the model runs: a checkpoint that does not resolve is refused before the data is read
-        checkpoint = checkpoint or getattr(DATASETS[dataset], "default_checkpoint", "") or default_checkpoint(task)
+        if checkpoint is None:
+            checkpoint = getattr(DATASETS[dataset], "default_checkpoint", "") or default_checkpoint(task)
         resolve_checkpoint(checkpoint)
     opts = EvalOptions(
         dataset=dataset, data_dir=data_dir, checkpoint=checkpoint if predictions is None else None,

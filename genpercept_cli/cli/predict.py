@@ -9,13 +9,14 @@ import typer
 from rich.markup import escape
 
 from .console import console, make_progress
+from .paths import given_path
 
 
 def predict_command(
     source: str = typer.Argument(..., help="An image file, a folder (searched recursively) or a quoted glob."),
     task: str | None = typer.Option(None, help="depth, disparity, normal, dis, matting or seg (default: from the checkpoint)."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help="Registry name, hub id[/subfolder] or local folder (default: the task's v2 model)."),
-    output: Path = typer.Option(Path("genpercept_output"), "--output", "-o", help="Output root; the input tree is mirrored below it."),
+    output: Path = typer.Option(Path("genpercept_output"), "--output", "-o", parser=given_path("--output"), help="Output root; the input tree is mirrored below it."),
     processing_res: int | None = typer.Option(None, help="Long side the model sees, in pixels; 0 = native size (default: the checkpoint's, 768)."),
     formats: str | None = typer.Option(None, help="Comma-separated outputs, e.g. npy,png16,color; png = the task's main <stem>_pred.png (default: the task's)."),
     batch_size: int = typer.Option(0, help="Images per batch; 0 = automatic (1 on CPU, by free memory on CUDA)."),
@@ -39,7 +40,7 @@ def predict_command(
     console.quiet = not dist.is_main
     scan = discover_images(source)  # skips earlier outputs, so -o may be the source folder itself
     images = scan.images
-    spec = resolve_checkpoint(checkpoint or default_checkpoint(task or "depth"), task)
+    spec = resolve_checkpoint(default_checkpoint(task or "depth") if checkpoint is None else checkpoint, task)
     options = PredictOptions(
         processing_res=processing_res, formats=formats, batch_size=batch_size, workers=workers,
         tile_above=tile_above, normal_flip=normal_flip, skip_existing=skip_existing,
