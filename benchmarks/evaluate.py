@@ -185,6 +185,10 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None, dist=None) -> EvalResu
         raise GenPerceptError(f"predictions folder {opts.predictions} does not exist.")
     if opts.batch_size < 0:
         raise GenPerceptError("--batch-size must be 0 (automatic) or positive.")
+    if opts.processing_res is not None:  # before the data is read and the model runs, not once per sample
+        from genpercept_cli.resize import check_processing_res
+
+        check_processing_res(opts.processing_res, "--processing-res")
     spec = None
     if opts.checkpoint is not None or pipe is not None:
         from genpercept_cli.checkpoints import resolve_checkpoint

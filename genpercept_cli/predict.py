@@ -102,6 +102,12 @@ class SourceScan:
     special: int = 0  # fifos, sockets, devices: never opened, so a fifo cannot hang the run
     unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (path, one-line reason): failures
 
+    @property
+    def inputs(self) -> int:
+        """The inputs of the run, as the header and the summary count them: images, and unreadable files and
+        folders (each one failed input)."""
+        return len(self.images) + len(self.unreadable)
+
     def notes(self) -> list[str]:
         """Summary clauses, e.g. ["3 earlier outputs skipped", "2 hidden, 1 special file not read"]."""
         notes = []

@@ -286,3 +286,52 @@ def test_an_empty_path_is_a_usage_error_not_the_current_folder(args, message, ph
     assert result.exit_code == 2, result.output
     assert f"error: {message}" in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here.png", "photo.png"]  # nothing written here
+
+
+@pytest.mark.parametrize("width,description,total,expected", [
+    (40, "predict", 120, "predict  57/120  48% -:--:--"),
+    (40, "step 1000 loss 0.1234", 40000, "step 1000 loss…    57/40000   0% -:--:--"),
+    (24, "predict", 120, "pr…  57/120  48% -:--:--"),
+    (100, "predict", 120, "57/120  48% – img/s 0:00:00 -:--:--"),
+])
+def test_the_progress_count_stays_whole_in_a_narrow_terminal(width, description, total, expected, monkeypatch):
+    """At COLUMNS=40 rich cut every column, the count to "57…"; the description is what gets shorter."""
+    import importlib
+    import io
+
+    from rich.console import Console
+
+    terminal = importlib.import_module("genpercept_cli.cli.console")
+    out = io.StringIO()
+    monkeypatch.setattr(terminal, "console", Console(file=out, width=width, force_terminal=False))
+    with terminal.make_progress() as progress:
+        progress.update(progress.add_task(description, total=total), advance=57)
+    line = out.getvalue().rstrip("\n")
+    assert len(line) <= width and expected in line
+
+
+FIRST_LINE_PROBE = """
+import importlib, sys
+terminal = importlib.import_module("genpercept_cli.cli.console")
+def first_line(*args, **kwargs):  # the first line printed: was torch imported before it?
+    print(f"torch imported: {'torch' in sys.modules}; {args[0]}")
+    raise SystemExit(0)
+terminal.console.print = first_line
+from genpercept_cli.cli import main
+sys.argv = ["genpercept", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "bench-speed"])
+def test_the_first_line_comes_before_torch_is_imported(command, photo, tmp_path, checkpoint_root):
+    """Every command waited ~7 s (torch, diffusers, the weights) before its first line."""
+    folder = str(checkpoint_root / "unet_depth_v2")
+    args = {"predict": ["predict", str(photo), "-c", folder, "-o", str(tmp_path / "out")],
+            "eval": ["eval", "-d", "nyu", "--data-dir", str(tmp_path), "-c", folder],
+            "bench-speed": ["bench-speed", "--random-weights", "--resolution", "32"]}[command]
+    out = subprocess.run([sys.executable, "-c", FIRST_LINE_PROBE, *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("torch imported: False; "), out.stdout
+    assert {"predict": "1 images -> ", "eval": "eval nyu: checkpoint ", "bench-speed": "bench-speed: random weights"
+            }[command] in out.stdout

@@ -401,3 +401,17 @@ def test_prediction_that_is_not_numbers_is_a_problem(nyu_root, tmp_path, save, h
 def test_eval_option_errors_before_any_work(nyu_root, tmp_path, args, message):
     result = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path, *args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_a_processing_res_no_image_can_use_is_refused_before_the_model_runs(nyu_root, checkpoint_root, monkeypatch):
+    """`eval --processing-res 3` loaded the model and ran every sample before saying so."""
+    from genpercept_cli.pipeline import GenPerceptPipeline
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(GenPerceptPipeline, "from_checkpoint", must_not_load)
+    result = run_eval("-d", "nyu", "--data-dir", nyu_root, "-c", checkpoint_root / "unet_depth_v2",
+                      "--processing-res", 3)
+    assert result.exit_code == 2, result.output
+    assert "error: --processing-res must be 0 (native size) or at least 8 pixels" in result.output

@@ -33,7 +33,8 @@ def convert_command(
     from ..models.metaprompts import config_from_spec
     from ..models.metaprompts.convert import load_release_file, write_converted
 
-    with console.status(f"reading {file.name} as {release}"):
+    console.print(f"convert {escape(str(file))} as {release} -> {escape(str(target))}", highlight=False)  # before torch
+    with console.status(f"reading {escape(file.name)} as {release}"):
         converted = load_release_file(file, config_from_spec(spec))
     with console.status(f"writing {target}"):
         write_converted(converted.state, target, converted.config)

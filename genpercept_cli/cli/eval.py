@@ -53,8 +53,6 @@ def eval_command(
     _check_choice("--normal-mode", normal_mode, ("pooled", "per_image"))
     _check_choice("--seg-convention", seg_convention, ("mmseg", "detectron2"))
     _check_choice("--hce-variant", hce_variant, ("line", "segment"))
-    if processing_res is not None and processing_res < 0:
-        raise GenPerceptError("--processing-res must be 0 (native) or a positive number of pixels.")
     if limit is not None and limit < 1:
         raise GenPerceptError("--limit must be a positive number of samples.")
     if batch_size < 0:
@@ -85,6 +83,9 @@ def eval_command(
         if checkpoint is None:
             checkpoint = getattr(DATASETS[dataset], "default_checkpoint", "") or default_checkpoint(task)
         resolve_checkpoint(checkpoint)
+    # a first line before torch, the data and the model load (seconds)
+    source = f"checkpoint {checkpoint}" if predictions is None else f"the predictions in {predictions}"
+    console.print(f"eval {dataset}: {escape(source)}" + (f" (first {limit} samples)" if limit else ""), highlight=False)
     opts = EvalOptions(
         dataset=dataset, data_dir=data_dir, checkpoint=checkpoint if predictions is None else None,
         predictions=predictions, save_predictions=save_predictions, limit=limit, processing_res=processing_res,

@@ -28,6 +28,7 @@ def train_command(
     validator = eval_validator(cfg)
     from ..train.engine import Trainer
 
+    console.print(f"train {cfg.model.task}: loading the model and checking the data", highlight=False)  # seconds
     with console.status("loading the model and checking the data"):
         trainer = Trainer(cfg, validator)
     console.quiet = not trainer.acc.is_main_process
