@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from genpercept_cli.errors import GenPerceptError
-from genpercept_cli.files import NotNumericPrediction
+from genpercept_cli.files import NotNumericPrediction, why_missing
 from genpercept_cli.tasks import TASKS, get_task
 
 from .datasets import EvalDataset, Sample, get_dataset
@@ -123,16 +123,21 @@ def check_prediction(pred: np.ndarray, sample: Sample, task: str, kind: str | No
     return get_task(task).check_saved(pred, sample.gt.shape[:2], kind)
 
 
-def _prefetch(ds: EvalDataset, indices: list[int], depth: int = 4) -> Iterator[Sample]:
-    """Decode samples `indices` of `ds` in a background thread, `depth` ahead of the consumer."""
+def _prefetch(ds: EvalDataset, indices: list[int], depth: int = 4) -> Iterator[tuple[Sample | None, str | None]]:
+    """Decode samples `indices` of `ds` in a background thread, `depth` ahead of the consumer: (sample, None),
+    or (None, why) for a sample that cannot be read (a member missing from an incomplete archive), a problem
+    of that sample as it is with a model (the runner lists it), not the end of the run."""
     with ThreadPoolExecutor(1) as pool:
         futures = [pool.submit(ds.__getitem__, i) for i in indices[:depth]]
         for k in range(len(indices)):
-            sample = futures[k].result()
+            try:
+                item = futures[k].result(), None
+            except GenPerceptError as exc:
+                item = None, str(exc)
             if k + depth < len(indices):
                 futures.append(pool.submit(ds.__getitem__, indices[k + depth]))
             futures[k] = None
-            yield sample
+            yield item
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -182,7 +187,10 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None, dist=None) -> EvalResu
     if (opts.checkpoint is None) == (opts.predictions is None) and pipe is None:
         raise GenPerceptError("pass either --checkpoint (run the model) or --predictions DIR (score files).")
     if opts.predictions is not None and not Path(opts.predictions).is_dir():
-        raise GenPerceptError(f"predictions folder {opts.predictions} does not exist.")
+        found = Path(opts.predictions).exists()
+        raise GenPerceptError(f"--predictions {opts.predictions} is a file; give the folder `predict` or "
+                              "--save-predictions wrote." if found else
+                              f"predictions folder {opts.predictions} {why_missing(Path(opts.predictions))}.")
     if opts.batch_size < 0:
         raise GenPerceptError("--batch-size must be 0 (automatic) or positive.")
     if opts.processing_res is not None:  # before the data is read and the model runs, not once per sample
@@ -244,8 +252,11 @@ def _score_files(ds: EvalDataset, indices: list[int], opts: EvalOptions, scorer,
                  task_id) -> list[tuple[int, str]]:
     """Score the prediction files of samples `indices`; returns (index, problem) in dataset order."""
     problems = []
-    for index, sample in zip(indices, _prefetch(ds, indices)):
-        if ds.task in ("depth", "normal") and not sample.valid.any():
+    for index, (sample, unreadable) in zip(indices, _prefetch(ds, indices)):
+        if unreadable is not None:
+            problems.append((index, unreadable))
+            problem = None
+        elif ds.task in ("depth", "normal") and not sample.valid.any():
             problem = _NO_VALID_GT
         else:
             pred, problem = _prediction_file(sample, ds, Path(opts.predictions), _saved_kind(ds))

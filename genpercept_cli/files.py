@@ -5,6 +5,7 @@ Nothing here knows a task, so the tasks (`genpercept_cli.tasks`) and the writers
 (`genpercept_cli.outputs`) both build on it without an import cycle.
 """
 
+import errno
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -104,6 +105,19 @@ def check_writable(path: Path, option: str, folder: bool = False) -> Path:
         reason = exc.strerror or type(exc).__name__
         raise GenPerceptError(f"{option} {path} cannot be written ({reason}: {existing}).") from None
     return path
+
+
+def why_missing(path: Path) -> str:
+    """Why a named `path` cannot be opened, to end a sentence: "does not exist", "is a symbolic link loop" or
+    "is a broken symbolic link (to TARGET)" (Path.exists() is False for all three)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if os.path.islink(path):
+            return f"is a broken symbolic link (to {os.readlink(path)})"
+    return "does not exist"
 
 
 def npy_writer(array: np.ndarray) -> Callable[[Path], None]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .checkpoints import CheckpointSpec
 from .errors import GenPerceptError
+from .files import why_missing
 from .images import IMAGE_SUFFIXES, ImageReadError, read_rgb, read_size
 
 
@@ -152,7 +153,7 @@ def discover_images(source: str) -> SourceScan:
     elif root.exists():
         raise GenPerceptError(f"{source} is not a regular file (a fifo, socket or device); give an image file.")
     else:
-        raise GenPerceptError(f"{source} does not exist.")
+        raise GenPerceptError(f"{source} {why_missing(root)}.")
     if not paths:
         if scan.earlier_outputs:
             nothing += f"; {scan.earlier_outputs} earlier outputs of genpercept were skipped"

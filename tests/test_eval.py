@@ -415,3 +415,38 @@ def test_a_processing_res_no_image_can_use_is_refused_before_the_model_runs(nyu_
                       "--processing-res", 3)
     assert result.exit_code == 2, result.output
     assert "error: --processing-res must be 0 (native size) or at least 8 pixels" in result.output
+
+
+def test_an_incomplete_archive_lists_the_missing_sample_as_a_problem_with_files_as_with_a_model(
+        tmp_path, checkpoint_root):
+    """With --predictions a member missing from the archive stopped the run (exit 2) after scoring part of it;
+    with a model the same gap was a listed problem. Both list it now and exit 1 (0 with --allow-missing)."""
+    from test_datasets import NYU_SECOND
+
+    files, _ = nyu_files(np.random.default_rng(0))
+    del files[NYU_SECOND[1]]  # the second sample's depth map
+    write_tar(tmp_path / "data" / NYU_TAR, files)
+    first = get_dataset("nyu", tmp_path / "data", limit=1)
+    write_preds(tmp_path / "pred", first, lambda s: s.gt)
+    args = ["-d", "nyu", "--data-dir", tmp_path / "data", "--limit", 2]
+    missing = f"{NYU_SECOND[1]} is missing from"
+    scored = run_eval(*args, "--predictions", tmp_path / "pred")
+    assert scored.exit_code == 1, scored.output
+    assert missing in scored.output and "1 samples could not be scored; the metrics cover 1 samples" in scored.output
+    allowed = run_eval(*args, "--predictions", tmp_path / "pred", "--allow-missing", "-o", tmp_path / "r.json")
+    assert allowed.exit_code == 0, allowed.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n_images"] == 1 and report["metrics"]["absrel"] == pytest.approx(0, abs=1e-12)
+    assert len(report["problems"]) == 1 and missing in report["problems"][0]
+    model = run_eval(*args, "-c", checkpoint_root / "unet_depth_v2", "--processing-res", 32)
+    assert model.exit_code == 1 and missing in model.output, model.output
+
+
+def test_predictions_that_are_a_file_or_a_symlink_loop_say_so(nyu_root, tmp_path):
+    (tmp_path / "preds.npy").write_bytes(b"")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    as_file = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "preds.npy")
+    assert as_file.exit_code == 2
+    assert f"--predictions {tmp_path / 'preds.npy'} is a file; give the folder" in as_file.output
+    loop = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "loop")
+    assert loop.exit_code == 2 and f"predictions folder {tmp_path / 'loop'} is a symbolic link loop." in loop.output

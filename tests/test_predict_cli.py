@@ -518,3 +518,15 @@ def test_header_and_summary_count_the_same_inputs_and_a_folder_finds_gifs(tmp_pa
     assert direct.exit_code == 0, direct.output
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "moving_pred.npy"),
                                   np.load(tmp_path / "one" / "moving_pred.npy"))
+
+
+def test_a_symlink_loop_or_broken_link_given_as_the_source_says_so(tmp_path, checkpoint_root):
+    """A symlink loop given directly said "does not exist"."""
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    loop = _predict(tmp_path / "loop.png", "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out")
+    assert loop.exit_code == 2 and f"error: {tmp_path / 'loop.png'} is a symbolic link loop." in loop.output
+    gone = _predict(tmp_path / "gone.png", "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out")
+    assert gone.exit_code == 2
+    assert f"error: {tmp_path / 'gone.png'} is a broken symbolic link (to {tmp_path / 'nowhere.png'})." in gone.output
+    assert not (tmp_path / "out").exists()
