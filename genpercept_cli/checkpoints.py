@@ -448,6 +448,20 @@ def _first_missing(path: Path) -> str:
     return f" ({missing} is missing)" if missing != path else ""
 
 
+def released_as(spec: CheckpointSpec) -> str | None:
+    """The registry name of the released model `spec` loads, or None: identity by where the weights come
+    from (hub repo, subfolder, heads and VAE; a single-file release by its file name), not by task or
+    family, so a hub id of a registry entry is that entry and a local folder is no released model."""
+    if spec.is_local:
+        return None
+    given_file = Path(spec.file).name if spec.file else None
+    for name, entry in load_registry().items():
+        file = spec.file if entry.file is not None and entry.file == given_file else entry.file
+        if replace(entry, name=spec.name, file=file) == spec:
+            return name
+    return None
+
+
 def default_checkpoint(task: str) -> str:
     """Registry name of the default checkpoint for a task (the v2 model)."""
     for name, spec in load_registry().items():

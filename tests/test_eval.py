@@ -450,3 +450,57 @@ def test_predictions_that_are_a_file_or_a_symlink_loop_say_so(nyu_root, tmp_path
     assert f"--predictions {tmp_path / 'preds.npy'} is a file; give the folder" in as_file.output
     loop = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "loop")
     assert loop.exit_code == 2 and f"predictions folder {tmp_path / 'loop'} is a symbolic link loop." in loop.output
+
+
+@pytest.mark.parametrize("ref,label,nyu", [
+    ("disparity", "GenPercept (disparity)", {"absrel": 0.058, "delta1": 0.969}),
+    ("guangkaixu/genpercept-models/unet_disparity_v2", "GenPercept (disparity)", {"absrel": 0.058, "delta1": 0.969}),
+    ("guangkaixu/genpercept-models/unet_disparity_dpt_head_v2", "GenPercept (disparity + DPT head)",
+     {"absrel": 0.059, "delta1": 0.967}),
+    ("guangkaixu/genpercept-models:unet_depth_v2", "GenPercept (depth)", {"absrel": 0.052, "delta1": 0.966}),
+    ("GonzaloMG/marigold-e2e-ft-depth", "Marigold + E2E FT (README)", {"absrel": 0.052}),
+    ("metaprompts_nyu.pth", "Meta Prompts (NYUv2)", {"absrel": 0.061, "rmse": 0.223, "delta1": 0.976}),
+])
+def test_the_paper_row_is_the_released_model_actually_run(ref, label, nyu, tmp_path):
+    """A hub id of the disparity or DPT-head model was shown GenPercept's depth row (matched by family)."""
+    from benchmarks.evaluate import paper_row
+    from genpercept_cli.checkpoints import resolve_checkpoint
+
+    if ref.endswith(".pth"):  # a release file given by path is that release
+        (tmp_path / ref).write_bytes(b"")
+        ref = str(tmp_path / ref)
+    assert paper_row("depth", "nyu", resolve_checkpoint(ref), 768) == (label, nyu, None)
+
+
+@pytest.mark.parametrize("ref,why", [
+    ("someone/finetune/unet_disparity_v2", "someone/finetune/unet_disparity_v2 is not a released model of the "
+                                           "registry"),
+    ("lotus-d-depth", "the papers report no result of lotus-d-depth on this benchmark"),
+])
+def test_no_paper_row_for_a_model_without_one_says_why(ref, why):
+    from benchmarks.evaluate import paper_row
+    from genpercept_cli.checkpoints import resolve_checkpoint
+
+    assert paper_row("depth", "nyu", resolve_checkpoint(ref), 768) == (None, None, why)
+
+
+def test_a_local_checkpoint_is_shown_no_paper_row(nyu_root, tmp_path, checkpoint_root):
+    """A local fine-tune (or any folder) was shown the paper's row as if it were the released model."""
+    out = tmp_path / "r.json"
+    result = run_eval("-d", "nyu", "--data-dir", nyu_root, "-c", checkpoint_root / "unet_disparity_v2", "--limit", 1,
+                      "--processing-res", 32, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "no paper row: a local checkpoint, not a released model" in result.output
+    assert "GenPercept (" not in result.output
+    report = json.loads(out.read_text())
+    assert report["paper"] is None and report["paper_note"] == "a local checkpoint, not a released model"
+
+
+def test_the_meta_prompts_release_gets_its_single_scale_or_multi_scale_flip_row():
+    from benchmarks.evaluate import paper_row
+    from genpercept_cli.checkpoints import resolve_checkpoint
+
+    spec = resolve_checkpoint("metaprompts-ade20k")
+    assert paper_row("semseg", "ade20k", spec, 0) == ("Meta Prompts (ADE20K, single-scale)", {"miou": 55.83}, None)
+    assert paper_row("semseg", "ade20k", spec, 0, "ms_flip") == (
+        "Meta Prompts (ADE20K, multi-scale + flip)", {"miou": 56.81}, None)

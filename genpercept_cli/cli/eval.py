@@ -157,6 +157,8 @@ def print_eval_result(result) -> None:
     Console().print(table)
     protocol = ", ".join(f"{k}={v}" for k, v in result.protocol.items() if v is not None)
     console.print(f"[dim]protocol: {escape(protocol)}[/]", highlight=False)
+    if result.paper_note:
+        console.print(f"[dim]no paper row: {escape(result.paper_note)}[/]", highlight=False)
 
 
 def _fmt(value) -> str:
