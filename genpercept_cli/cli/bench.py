@@ -75,12 +75,12 @@ def bench_speed(
         tiled_decode_above=int(tile_above * 1e6) if tile_above > 0 else None,
         attention=attention, warmup=warmup, repeats=repeats, seed=seed,
     ).validate()
-    # a first line before torch loads and the weights are read or built (seconds)
-    console.print(f"bench-speed: {escape(cfg.checkpoint or 'random weights')} at {cfg.resolution}², "
-                  f"{len(cfg.protocols)} protocol{'s' if len(cfg.protocols) > 1 else ''}, {cfg.repeats} timed runs each",
-                  highlight=False)
-    if cfg.compile:
-        console.print(COMPILE_NOTE, highlight=False)
+    if dist.is_main:  # a first line before torch loads and the weights are read or built (seconds)
+        console.print(f"bench-speed: {escape(cfg.checkpoint or 'random weights')} at {cfg.resolution}², "
+                      f"{len(cfg.protocols)} protocol{'s' if len(cfg.protocols) > 1 else ''}, {cfg.repeats} timed "
+                      "runs each", highlight=False)
+        if cfg.compile:
+            console.print(COMPILE_NOTE, highlight=False)
     dist.gather(None)  # ranks start together, so their measurements overlap in time
     report = run_benchmark(cfg)
     report["command"] = {k: v for k, v in asdict(cfg).items() if k != "protocols"} | {
