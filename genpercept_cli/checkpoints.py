@@ -290,7 +290,8 @@ def _pipeline_spec(folder: Path, task: str | None) -> CheckpointSpec:
 
 
 _SPEC_FILE_KEYS = {"task": str, "family": str, "family_params": dict, "output_kind": str, "embedding": str,
-                   "processing_res": int, "dpt_head": bool, "labels": str}
+                   "processing_res": int, "dpt_head": bool, "labels": str,
+                   "release": str}  # release: the registry entry a converted folder was converted from
 
 
 def _read_spec_file(unet_dir: Path) -> dict:
@@ -451,11 +452,15 @@ def _first_missing(path: Path) -> str:
 def released_as(spec: CheckpointSpec) -> str | None:
     """The registry name of the released model `spec` loads, or None: identity by where the weights come
     from (hub repo, subfolder, heads and VAE; a single-file release by its file name), not by task or
-    family, so a hub id of a registry entry is that entry and a local folder is no released model."""
+    family, so a hub id of a registry entry is that entry and a local folder is no released model, unless
+    its genpercept.json names the release it was converted from (`genpercept convert --release NAME`)."""
+    registry = load_registry()
     if spec.is_local:
-        return None
+        declared = _read_spec_file(spec.unet_dir).get("release")
+        entry = registry.get(declared) if isinstance(declared, str) else None
+        return declared if entry is not None and (entry.family, entry.task) == (spec.family, spec.task) else None
     given_file = Path(spec.file).name if spec.file else None
-    for name, entry in load_registry().items():
+    for name, entry in registry.items():
         file = spec.file if entry.file is not None and entry.file == given_file else entry.file
         if replace(entry, name=spec.name, file=file) == spec:
             return name

@@ -37,7 +37,7 @@ def convert_command(
     with console.status(f"reading {escape(file.name)} as {release}"):
         converted = load_release_file(file, config_from_spec(spec))
     with console.status(f"writing {target}"):
-        write_converted(converted.state, target, converted.config)
+        write_converted(converted.state, target, converted.config, release=release)
     for note in converted.notes:
         console.print(f"[dim]{escape(note)}[/]", highlight=False)
     use = release if output is None else str(target)

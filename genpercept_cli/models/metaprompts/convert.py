@@ -221,24 +221,28 @@ def load_release_file(path: Path, config: MetaPromptsConfig) -> Conversion:
     return convert_release(state, config, str(path))
 
 
-def spec_json(config: MetaPromptsConfig) -> dict:
-    """`genpercept.json` of a converted folder: what it is, so it loads by itself."""
+def spec_json(config: MetaPromptsConfig, release: str | None = None) -> dict:
+    """`genpercept.json` of a converted folder: what it is, so it loads by itself; `release`: the registry name
+    of the released file it was converted from (`checkpoints.released_as`: its paper row)."""
     declared = {"task": TASK_OF[config.task], "family": "metaprompts", "family_params": config.to_params(),
                 "output_kind": "metric_depth" if config.task == "depth" else "class_scores", "processing_res": 0}
     if config.labels:
         declared["labels"] = config.labels
+    if release:
+        declared["release"] = release
     return declared
 
 
-def write_converted(state: dict[str, torch.Tensor], folder: Path, config: MetaPromptsConfig) -> Path:
-    """Write `model.safetensors` + `genpercept.json` into `folder`; each file appears whole or not at all
-    (written beside it, then renamed), the JSON last, so a folder with it is complete."""
+def write_converted(state: dict[str, torch.Tensor], folder: Path, config: MetaPromptsConfig,
+                    release: str | None = None) -> Path:
+    """Write `model.safetensors` + `genpercept.json` (`spec_json`) into `folder`; each file appears whole or
+    not at all (written beside it, then renamed), the JSON last, so a folder with it is complete."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in state.items()}
-    text = json.dumps(spec_json(config), indent=1)
+    text = json.dumps(spec_json(config, release), indent=1)
     temps = []
     try:
         for name, write in ((WEIGHTS_FILE, lambda p: save_file(tensors, str(p))),
