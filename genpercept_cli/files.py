@@ -172,6 +172,19 @@ def check_writable(path: Path, option: str, folder: bool = False) -> Path:
     return path
 
 
+def why_missing(path: Path) -> str:
+    """Why a named `path` cannot be opened, to end a sentence: "does not exist", "is a symbolic link loop" or
+    "is a broken symbolic link (to TARGET)" (Path.exists() is False for all three)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if os.path.islink(path):
+            return f"is a broken symbolic link (to {os.readlink(path)})"
+    return "does not exist"
+
+
 def npy_writer(array: np.ndarray) -> Callable[[Path], None]:
     """An atomic_write writer that stores `array` as .npy."""
 

@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError, GenPerceptError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# what a folder is searched for; every one of them reads as a file given directly does (a GIF: its first frame)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
 # Our size rule, checked on the header before any decoding. PIL's decompression-bomb guard errors at the
 # same point (2x its MAX_IMAGE_PIXELS) and warns from half of it; we silence the warning and word both.

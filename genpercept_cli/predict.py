@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .checkpoints import CheckpointSpec
 from .errors import GenPerceptError
+from .files import why_missing
 from .geometry import DEFAULT_MESH_RES, SceneOptions, parse_depth_range
 from .images import IMAGE_SUFFIXES, ImageReadError, read_focal_35mm, read_rgb, read_size
 
@@ -116,6 +117,12 @@ class SourceScan:
     special: int = 0  # fifos, sockets, devices: never opened, so a fifo cannot hang the run
     unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (path, one-line reason): failures
 
+    @property
+    def inputs(self) -> int:
+        """The inputs of the run, as the header and the summary count them: images, and unreadable files and
+        folders (each one failed input)."""
+        return len(self.images) + len(self.unreadable)
+
     def notes(self) -> list[str]:
         """Summary clauses, e.g. ["3 earlier outputs skipped", "2 hidden, 1 special file not read"]."""
         notes = []
@@ -144,6 +151,8 @@ def discover_images(source: str) -> SourceScan:
     followed once, after the real tree: a loop or a second link to a folder adds nothing. Raises
     GenPerceptError when nothing matches.
     """
+    if not source.strip():  # Path("") is the current folder: an unset shell variable would predict all of it
+        raise GenPerceptError("the source is empty (an unset shell variable?); give an image file, a folder or a glob.")
     root = Path(source).expanduser()
     if root.is_file():  # before the glob test: "photo[1].jpg" may be a file's real name
         return _with_stems([root], root.parent, SourceScan([]))
@@ -158,7 +167,7 @@ def discover_images(source: str) -> SourceScan:
     elif root.exists():
         raise GenPerceptError(f"{source} is not a regular file (a fifo, socket or device); give an image file.")
     else:
-        raise GenPerceptError(f"{source} does not exist.")
+        raise GenPerceptError(f"{source} {why_missing(root)}.")
     if not paths:
         if scan.earlier_outputs:
             nothing += f"; {scan.earlier_outputs} earlier outputs of genpercept were skipped"

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from .console import console, make_progress
+from .console import COMPILE_NOTE, console, make_progress
+from .paths import given_path
 
 # `tasks.formats_summary()`, written out so --help imports no task (numpy); tests/test_formats.py keeps them equal.
 FORMATS_HELP = (
@@ -21,7 +22,7 @@ def predict_command(
     source: str = typer.Argument(..., help="An image file, a folder (searched recursively) or a quoted glob."),
     task: str | None = typer.Option(None, help="depth, disparity, normal, dis, matting or seg (default: from the checkpoint)."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help="Registry name, hub id[/subfolder] or local folder (default: the task's v2 model)."),
-    output: Path = typer.Option(Path("genpercept_output"), "--output", "-o", help="Output root; the input tree is mirrored below it."),
+    output: Path = typer.Option(Path("genpercept_output"), "--output", "-o", parser=given_path("--output"), help="Output root; the input tree is mirrored below it."),
     processing_res: int | None = typer.Option(None, help="Long side the model sees, in pixels; 0 = native size (default: the checkpoint's, 768)."),
     formats: str | None = typer.Option(None, help=f"Comma-separated outputs, e.g. npy,png16,color; png = the task's main <stem>_pred.png (default: the task's). Per task: {FORMATS_HELP}."),
     batch_size: int = typer.Option(0, help="Images per batch; 0 = automatic (1 on CPU, by free memory on CUDA)."),
@@ -49,24 +50,30 @@ def predict_command(
     console.quiet = not dist.is_main
     scan = discover_images(source)  # skips earlier outputs, so -o may be the source folder itself
     images = scan.images
-    spec = resolve_checkpoint(checkpoint or default_checkpoint(task or "depth"), task)
+    spec = resolve_checkpoint(default_checkpoint(task or "depth") if checkpoint is None else checkpoint, task)
+    # the header first: checking the options imports torch, and loading the model takes seconds more
+    res = spec.processing_res if processing_res is None else processing_res
+    console.print(f"{scan.inputs} images -> {escape(str(output))}  [dim]task={spec.task} res={res or 'native'} "
+                  f"checkpoint={escape(spec.name)}[/]", highlight=False)
     options = PredictOptions(
         processing_res=processing_res, formats=formats, batch_size=batch_size, workers=workers,
         tile_above=tile_above, normal_flip=normal_flip, skip_existing=skip_existing,
         fov=fov, depth_range=depth_range, points_stride=points_stride, mesh_res=mesh_res,
     ).validate(spec)
     check_writable(output, "--output", folder=True)  # creates it: after every check that could refuse the run
+    if compile:
+        console.print(COMPILE_NOTE, highlight=False)
 
+    start = time.perf_counter()
     from ..pipeline import GenPerceptPipeline
 
-    with console.status(f"loading checkpoint {spec.name} ({spec.task})"):
+    with console.status(f"loading checkpoint {escape(spec.name)} ({spec.task})"):
         pipe = GenPerceptPipeline.from_checkpoint(spec, device=rank_device(device, dist), dtype=dtype, compile=compile)
-    res = options.processing_res
-    options = replace(options, batch_size=options.batch_size or auto_batch_size(pipe, res))
+    options = replace(options, batch_size=options.batch_size or auto_batch_size(pipe, options.processing_res))
     console.print(
-        f"{len(images)} images -> {output}  [dim]task={spec.task} res={res or 'native'} batch={options.batch_size} "
-        f"device={pipe.device} dtype={str(pipe.dtype).removeprefix('torch.')}"
-        + (f" ranks={dist.world}" if dist.active else "") + "[/]", highlight=False,
+        f"[dim]model loaded in {time.perf_counter() - start:.1f} s: batch={options.batch_size} device={pipe.device} "
+        f"dtype={str(pipe.dtype).removeprefix('torch.')}" + (f" ranks={dist.world}" if dist.active else "") + "[/]",
+        highlight=False,
     )
     start = time.perf_counter()
     with make_progress() as progress:
@@ -84,7 +91,7 @@ def predict_command(
 
 def _summary(scan, report, failed: list, pipe, elapsed: float) -> str:
     """The closing line: what was written, skipped, failed, passed over and recovered."""
-    summary = f"wrote {report.written} of {len(scan.images) + len(scan.unreadable)} images in {elapsed:.1f} s"
+    summary = f"wrote {report.written} of {scan.inputs} images in {elapsed:.1f} s"
     if report.skipped_existing:
         summary += f", {report.skipped_existing} already done"
     if failed:

@@ -241,16 +241,20 @@ def load_release_file(path: Path, config: MetaPromptsConfig) -> Conversion:
     return convert_release(state, config, str(path))
 
 
-def spec_json(config: MetaPromptsConfig) -> dict:
-    """`genpercept.json` of a converted folder: what it is, so it loads by itself."""
+def spec_json(config: MetaPromptsConfig, release: str | None = None) -> dict:
+    """`genpercept.json` of a converted folder: what it is, so it loads by itself; `release`: the registry name
+    of the released file it was converted from (`checkpoints.released_as`: its paper row)."""
     declared = {"task": TASK_OF[config.task], "family": "metaprompts", "family_params": config.to_params(),
                 "output_kind": "metric_depth" if config.task == "depth" else "class_scores", "processing_res": 0}
     if config.labels:
         declared["labels"] = config.labels
+    if release:
+        declared["release"] = release
     return declared
 
 
-def write_converted(state: dict[str, torch.Tensor], folder: Path, config: MetaPromptsConfig) -> Path:
+def write_converted(state: dict[str, torch.Tensor], folder: Path, config: MetaPromptsConfig,
+                    release: str | None = None) -> Path:
     """Write `model.safetensors` + `genpercept.json` into `folder`; each file appears whole or not at all
     (files.atomic_write: the umask's mode, a full disk raises DiskFullError), the JSON last, so a folder
     with it is complete. On an error the folder is removed when this call made it, and the weights
@@ -260,10 +264,10 @@ def write_converted(state: dict[str, torch.Tensor], folder: Path, config: MetaPr
     folder = Path(folder)
     made, complete = not folder.exists(), (folder / SPEC_FILE).is_file()
     tensors = {k: v.contiguous() for k, v in state.items()}
-    text = json.dumps(spec_json(config), indent=1)
+    text = json.dumps(spec_json(config, release), indent=1)
     try:
         atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
-        atomic_write(folder / SPEC_FILE, lambda tmp: tmp.write_text(text))
+        atomic_write(folder / SPEC_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     except BaseException:
         if made:
             shutil.rmtree(folder, ignore_errors=True)
