@@ -65,7 +65,7 @@ class PredictOptions:
         return the options resolved for `spec`: formats a tuple of format names, processing_res an
         int, normal_flip its axes in x, y, z order. Reads nothing from disk and creates nothing."""
         from .outputs import parse_formats, parse_normal_flip
-        from .resize import check_processing_res
+        from .sizes import check_processing_res
 
         names = self.formats if self.formats is None or isinstance(self.formats, str) else ",".join(self.formats)
         formats = parse_formats(spec.task, names)

@@ -51,15 +51,14 @@ def predict_command(
     scan = discover_images(source)  # skips earlier outputs, so -o may be the source folder itself
     images = scan.images
     spec = resolve_checkpoint(default_checkpoint(task or "depth") if checkpoint is None else checkpoint, task)
-    # the header first: checking the options imports torch, and loading the model takes seconds more
-    res = spec.processing_res if processing_res is None else processing_res
-    console.print(f"{scan.inputs} images -> {escape(str(output))}  [dim]task={spec.task} res={res or 'native'} "
-                  f"checkpoint={escape(spec.name)}[/]", highlight=False)
-    options = PredictOptions(
+    options = PredictOptions(  # checked without torch, so a bad option is refused at once, alone
         processing_res=processing_res, formats=formats, batch_size=batch_size, workers=workers,
         tile_above=tile_above, normal_flip=normal_flip, skip_existing=skip_existing,
         fov=fov, depth_range=depth_range, points_stride=points_stride, mesh_res=mesh_res,
     ).validate(spec)
+    # the header before torch and the model load, which take seconds
+    console.print(f"{scan.inputs} images -> {escape(str(output))}  [dim]task={spec.task} "
+                  f"res={options.processing_res or 'native'} checkpoint={escape(spec.name)}[/]", highlight=False)
     check_writable(output, "--output", folder=True)  # creates it: after every check that could refuse the run
     if compile:
         console.print(COMPILE_NOTE, highlight=False)
