@@ -37,7 +37,8 @@ def _png(array: np.ndarray) -> bytes:
 
 def write_nyu_archive(root: Path, samples: int, seed: int = 0) -> None:
     """`root/nyuv2/nyu_labeled_extracted.tar` holding the first `samples` lines of the split list."""
-    lines = (REPO / "benchmarks" / "splits" / "depth" / "nyu_test.txt").read_text().split("\n")[:samples]
+    split = REPO / "benchmarks" / "splits" / "depth" / "nyu_test.txt"
+    lines = split.read_text(encoding="utf-8").split("\n")[:samples]
     rng = np.random.default_rng(seed)
     (root / "nyuv2").mkdir(parents=True)
     with tarfile.open(root / "nyuv2" / "nyu_labeled_extracted.tar", "w") as tar:
@@ -96,7 +97,7 @@ def main() -> None:
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": platform.machine(), "runs": runs}
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from genpercept_cli.errors import GenPerceptError
-from genpercept_cli.files import NotNumericPrediction
+from genpercept_cli.files import NotNumericPrediction, why_missing
 from genpercept_cli.tasks import TASKS, get_task
 
 from .datasets import EvalDataset, Sample, get_dataset
@@ -85,6 +85,7 @@ class EvalResult:
     subsets: dict = field(default_factory=dict)
     paper: dict | None = None
     paper_label: str | None = None
+    paper_note: str | None = None  # why no paper row is shown beside the results, when there is none
 
     def to_json(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("rows", "paper_label")}
@@ -111,7 +112,8 @@ def prediction_stem(key: str) -> str:
 
 def load_prediction(pred_dir: Path, key: str, task: str) -> np.ndarray:
     """A prediction written by `genpercept predict` for a benchmark of `task`, read as that task reads
-    its files (`tasks.Task.read_saved`: npy first; 8-bit PNGs for dis/matting, label PNG for seg).
+    its files (`tasks.Task.read_saved`: npy first; float EXR for depth and normals; 8-bit PNGs for
+    dis/matting, label PNG for seg).
     Raises FileNotFoundError when none exists, NotNumericPrediction for a .npy of anything but bool,
     integers or floats."""
     return get_task(task).read_saved(pred_dir / prediction_stem(key))
@@ -123,16 +125,21 @@ def check_prediction(pred: np.ndarray, sample: Sample, task: str, kind: str | No
     return get_task(task).check_saved(pred, sample.gt.shape[:2], kind)
 
 
-def _prefetch(ds: EvalDataset, indices: list[int], depth: int = 4) -> Iterator[Sample]:
-    """Decode samples `indices` of `ds` in a background thread, `depth` ahead of the consumer."""
+def _prefetch(ds: EvalDataset, indices: list[int], depth: int = 4) -> Iterator[tuple[Sample | None, str | None]]:
+    """Decode samples `indices` of `ds` in a background thread, `depth` ahead of the consumer: (sample, None),
+    or (None, why) for a sample that cannot be read (a member missing from an incomplete archive), a problem
+    of that sample as it is with a model (the runner lists it), not the end of the run."""
     with ThreadPoolExecutor(1) as pool:
         futures = [pool.submit(ds.__getitem__, i) for i in indices[:depth]]
         for k in range(len(indices)):
-            sample = futures[k].result()
+            try:
+                item = futures[k].result(), None
+            except GenPerceptError as exc:
+                item = None, str(exc)
             if k + depth < len(indices):
                 futures.append(pool.submit(ds.__getitem__, indices[k + depth]))
             futures[k] = None
-            yield sample
+            yield item
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -182,9 +189,16 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None, dist=None) -> EvalResu
     if (opts.checkpoint is None) == (opts.predictions is None) and pipe is None:
         raise GenPerceptError("pass either --checkpoint (run the model) or --predictions DIR (score files).")
     if opts.predictions is not None and not Path(opts.predictions).is_dir():
-        raise GenPerceptError(f"predictions folder {opts.predictions} does not exist.")
+        found = Path(opts.predictions).exists()
+        raise GenPerceptError(f"--predictions {opts.predictions} is a file; give the folder `predict` or "
+                              "--save-predictions wrote." if found else
+                              f"predictions folder {opts.predictions} {why_missing(Path(opts.predictions))}.")
     if opts.batch_size < 0:
         raise GenPerceptError("--batch-size must be 0 (automatic) or positive.")
+    if opts.processing_res is not None:  # before the data is read and the model runs, not once per sample
+        from genpercept_cli.resize import check_processing_res
+
+        check_processing_res(opts.processing_res, "--processing-res")
     spec = None
     if opts.checkpoint is not None or pipe is not None:
         from genpercept_cli.checkpoints import resolve_checkpoint
@@ -224,12 +238,12 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None, dist=None) -> EvalResu
     metrics = scorer.compute()
     protocol = _protocol(ds, opts, space, res, spec, pipe)
     section, key = PAPER_KEYS.get(opts.dataset, (None, None))
-    label, paper = paper_row(section, key, spec.name if spec else None, res,
-                             "ms_flip" if opts.multi_scale_flip else "single", spec.family if spec else None)
+    label, paper, paper_note = paper_row(section, key, spec, res, "ms_flip" if opts.multi_scale_flip else "single")
     return EvalResult(
         dataset=opts.dataset, checkpoint=spec.name if spec else None, n_images=len(rows), metrics=metrics,
         protocol=protocol, rows=rows, problems=problems,
         subsets=scorer.subsets() if isinstance(scorer, DISScorer) else {}, paper=paper, paper_label=label,
+        paper_note=paper_note,
     )
 
 
@@ -240,8 +254,11 @@ def _score_files(ds: EvalDataset, indices: list[int], opts: EvalOptions, scorer,
                  task_id) -> list[tuple[int, str]]:
     """Score the prediction files of samples `indices`; returns (index, problem) in dataset order."""
     problems = []
-    for index, sample in zip(indices, _prefetch(ds, indices)):
-        if ds.task in ("depth", "normal") and not sample.valid.any():
+    for index, (sample, unreadable) in zip(indices, _prefetch(ds, indices)):
+        if unreadable is not None:
+            problems.append((index, unreadable))
+            problem = None
+        elif ds.task in ("depth", "normal") and not sample.valid.any():
             problem = _NO_VALID_GT
         else:
             pred, problem = _prediction_file(sample, ds, Path(opts.predictions), _saved_kind(ds))
@@ -367,35 +384,35 @@ _DEPTH_PROTOCOLS = {
 
 
 def paper_results() -> dict:
-    return tomllib.loads(resources.files("benchmarks").joinpath("paper_results.toml").read_text())
+    return tomllib.loads(resources.files("benchmarks").joinpath("paper_results.toml").read_text(encoding="utf-8"))
 
 
-def paper_row(section: str | None, key: str | None, checkpoint: str | None, res: int, tta: str = "single",
-              family: str | None = None) -> tuple[str | None, dict | None]:
-    """The paper's numbers for this benchmark: a registry checkpoint's own row (none if it has none); for a
-    local folder or hub id, the first row of a registry checkpoint of the same model `family`; for saved
-    predictions (no checkpoint), the first row. tta: "single" or "ms_flip"; a row with a `tta` entry only
-    stands for runs with that inference."""
+def paper_row(section: str | None, key: str | None, spec, res: int,
+              tta: str = "single") -> tuple[str | None, dict | None, str | None]:
+    """The paper's numbers beside this run: the row of the released model `spec` loads (by identity,
+    `checkpoints.released_as`: a hub id of a registry entry is that entry, a local folder or fine-tune has no
+    row), at this processing resolution where rows differ by it; for saved predictions (`spec` None) the
+    first row of the benchmark. tta: "single" or "ms_flip"; a row with a `tta` entry only stands for runs
+    with that inference. Returns (label, metrics, None), or (None, None, why there is no row)."""
+    from genpercept_cli.checkpoints import released_as
+
     if section is None:
-        return None, None
+        return None, None, "the papers report no result on this benchmark"
     rows = paper_results().get(section, {})
     candidates = [r for r in rows.values() if key in r and "checkpoint" in r and r.get("tta", "single") == tta]
     same_res = [r for r in candidates if r.get("processing_res", 768) == res] or candidates
-    chosen = next((r for r in same_res if r.get("checkpoint") == checkpoint), None)
-    if chosen is None and same_res and _family_of(checkpoint) is None:  # not a registry name
-        if checkpoint is None or family is None:
-            chosen = same_res[0]
-        else:
-            chosen = next((r for r in same_res if _family_of(r["checkpoint"]) == family), None)
-    return (chosen["label"], dict(chosen[key])) if chosen else (None, None)
-
-
-def _family_of(name: str | None) -> str | None:
-    """The model family of the registry checkpoint `name` (None when it is not one)."""
-    from genpercept_cli.checkpoints import load_registry
-
-    spec = load_registry().get(name)
-    return spec.family if spec is not None else None
+    if spec is None:
+        chosen = same_res[0] if same_res else None
+        return (chosen["label"], dict(chosen[key]), None) if chosen else (None, None, "no row for this benchmark")
+    release = released_as(spec)
+    if release is None:
+        return None, None, ("a local checkpoint, not a released model" if spec.is_local
+                            else f"{spec.name} is not a released model of the registry")
+    chosen = next((r for r in same_res if r["checkpoint"] == release), None)
+    if chosen is None:
+        inference = " with multi-scale + flip" if tta == "ms_flip" else ""
+        return None, None, f"the papers report no result of {release}{inference} on this benchmark"
+    return chosen["label"], dict(chosen[key]), None
 
 
 def write_outputs(result: EvalResult, json_path: Path | None, csv_path: Path | None) -> None:
@@ -411,12 +428,12 @@ def _write_outputs(result: EvalResult, json_path: Path | None, csv_path: Path | 
 
     if json_path is not None:
         text = json.dumps(result.to_json(), indent=2)
-        atomic_write(Path(json_path), lambda tmp: Path(tmp).write_text(text + "\n"))
+        atomic_write(Path(json_path), lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
     if csv_path is not None and result.rows:
         fields = list(dict.fromkeys(k for row in result.rows for k in row))
 
         def write_csv(tmp):
-            with open(tmp, "w", newline="") as fh:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 writer = csv.DictWriter(fh, fieldnames=fields)
                 writer.writeheader()
                 writer.writerows(result.rows)

@@ -105,10 +105,10 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     if args.json:
-        results = json.loads(args.json.read_text()) if args.json.exists() else {}
+        results = json.loads(args.json.read_text(encoding="utf-8")) if args.json.exists() else {}
         results[args.label] = record
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json} [{args.label}]")
 
 

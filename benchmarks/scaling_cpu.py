@@ -75,7 +75,7 @@ def main() -> None:
               "model": "tiny random checkpoint (tests/tiny_models.py)", "device": "cpu",
               "logical_cpus": os.cpu_count(), "machine": platform.machine(), "runs": runs}
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -115,8 +115,8 @@ class CheckpointFiles:
 def _registry_text() -> str:
     packaged = resources.files("genpercept_cli").joinpath("checkpoints.toml")
     if packaged.is_file():  # wheel install: hatch copies the root file into the package
-        return packaged.read_text()
-    return (Path(__file__).resolve().parent.parent / "checkpoints.toml").read_text()  # source tree
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parent.parent / "checkpoints.toml").read_text(encoding="utf-8")  # source tree
 
 
 def load_registry() -> dict[str, CheckpointSpec]:
@@ -203,7 +203,7 @@ def _local_spec(folder: Path, task: str | None) -> CheckpointSpec:
 def read_json(path: Path) -> dict:
     """The JSON object in `path`; a missing, unreadable or non-object file is one sentence."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing; copy it from the released checkpoint.") from None
     except (OSError, ValueError) as exc:
@@ -290,7 +290,8 @@ def _pipeline_spec(folder: Path, task: str | None) -> CheckpointSpec:
 
 
 _SPEC_FILE_KEYS = {"task": str, "family": str, "family_params": dict, "output_kind": str, "embedding": str,
-                   "processing_res": int, "dpt_head": bool, "labels": str}
+                   "processing_res": int, "dpt_head": bool, "labels": str,
+                   "release": str}  # release: the registry entry a converted folder was converted from
 
 
 def _read_spec_file(unet_dir: Path) -> dict:
@@ -300,7 +301,7 @@ def _read_spec_file(unet_dir: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        declared = json.loads(path.read_text())
+        declared = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc}).") from None
     if not isinstance(declared, dict):
@@ -322,7 +323,7 @@ def _refuse_part_folder(folder: Path) -> None:
     is_vae = False
     if config.is_file():
         try:
-            fields = json.loads(config.read_text())
+            fields = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             fields = {}
         is_vae = isinstance(fields, dict) and (
@@ -392,6 +393,9 @@ def resolve_checkpoint(ref: str, task: str | None = None) -> CheckpointSpec:
     A local path wins over a hub id of the same spelling; anything spelled as a path that does not
     exist is refused as a missing folder (never sent to the hub); a wrong `task` is refused.
     """
+    if not ref.strip():  # Path("") is the current folder
+        raise CheckpointError("--checkpoint is empty (an unset shell variable?); give a registry name, a hub id or "
+                              "a folder.")
     registry = load_registry()
     if ref in registry:
         spec = registry[ref]
@@ -443,6 +447,24 @@ def _first_missing(path: Path) -> str:
             break
         missing = parent
     return f" ({missing} is missing)" if missing != path else ""
+
+
+def released_as(spec: CheckpointSpec) -> str | None:
+    """The registry name of the released model `spec` loads, or None: identity by where the weights come
+    from (hub repo, subfolder, heads and VAE; a single-file release by its file name), not by task or
+    family, so a hub id of a registry entry is that entry and a local folder is no released model, unless
+    its genpercept.json names the release it was converted from (`genpercept convert --release NAME`)."""
+    registry = load_registry()
+    if spec.is_local:
+        declared = _read_spec_file(spec.unet_dir).get("release")
+        entry = registry.get(declared) if isinstance(declared, str) else None
+        return declared if entry is not None and (entry.family, entry.task) == (spec.family, spec.task) else None
+    given_file = Path(spec.file).name if spec.file else None
+    for name, entry in registry.items():
+        file = spec.file if entry.file is not None and entry.file == given_file else entry.file
+        if replace(entry, name=spec.name, file=file) == spec:
+            return name
+    return None
 
 
 def default_checkpoint(task: str) -> str:

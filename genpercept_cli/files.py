@@ -172,6 +172,19 @@ def check_writable(path: Path, option: str, folder: bool = False) -> Path:
     return path
 
 
+def why_missing(path: Path) -> str:
+    """Why a named `path` cannot be opened, to end a sentence: "does not exist", "is a symbolic link loop" or
+    "is a broken symbolic link (to TARGET)" (Path.exists() is False for all three)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if os.path.islink(path):
+            return f"is a broken symbolic link (to {os.readlink(path)})"
+    return "does not exist"
+
+
 def npy_writer(array: np.ndarray) -> Callable[[Path], None]:
     """An atomic_write writer that stores `array` as .npy."""
 
@@ -195,6 +208,29 @@ def png_writer(array: np.ndarray) -> Callable[[Path], None]:
         image.save(tmp, format="PNG")
 
     return write
+
+
+def exr_writer(array: np.ndarray) -> Callable[[Path], None]:
+    """An atomic_write writer for float32 [H, W] (channel "Y") or [H, W, 3] (channels "R", "G", "B"), stored
+    as 32-bit float, ZIP-compressed (lossless: the values read back bit for bit, NaN included)."""
+    array = np.asarray(array, dtype=np.float32)
+    names = ("Y",) if array.ndim == 2 else ("R", "G", "B")
+    planes = [array] if array.ndim == 2 else [array[..., i] for i in range(3)]
+    channels = {name: np.ascontiguousarray(plane) for name, plane in zip(names, planes, strict=True)}
+
+    def write(tmp: Path) -> None:
+        import OpenEXR  # only where EXR files are written
+
+        header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+        with OpenEXR.File(header, channels) as exr:
+            exr.write(str(tmp))
+
+    return write
+
+
+def bytes_writer(data: bytes) -> Callable[[Path], None]:
+    """An atomic_write writer for a file's finished bytes (PLY, GLB, JSON)."""
+    return lambda tmp: Path(tmp).write_bytes(data)
 
 
 def quantize(values: np.ndarray, dtype: type) -> np.ndarray:

@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError, GenPerceptError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# what a folder is searched for; every one of them reads as a file given directly does (a GIF: its first frame)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
 # Our size rule, checked on the header before any decoding. PIL's decompression-bomb guard errors at the
 # same point (2x its MAX_IMAGE_PIXELS) and warns from half of it; we silence the warning and word both.
@@ -160,6 +161,21 @@ def read_rgb(path: str | Path) -> np.ndarray:
             return to_rgb_array(img)
         with img.transpose(_EXIF_TRANSPOSE[orientation]) as upright:  # the orientation read_size saw
             return to_rgb_array(upright)
+
+
+def read_focal_35mm(path: str | Path) -> float | None:
+    """The photo's EXIF 35 mm-equivalent focal length in mm (tag FocalLengthIn35mmFilm), or None when it
+    records none (or the file has no readable EXIF): a camera hint, never a reason to fail."""
+    try:
+        with _quiet_header(), Image.open(path) as img:  # the base method: EXIF before the pixels (see above)
+            value = Image.Image.getexif(img).get_ifd(0x8769).get(0xA405)  # Exif IFD -> FocalLengthIn35mmFilm
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+    try:
+        focal = float(value)
+    except (TypeError, ValueError):
+        return None
+    return focal if focal > 0 else None
 
 
 def read_exr_channels(source: str | Path | bytes, name: str | Path | None = None) -> dict[str, np.ndarray]:

@@ -2,7 +2,8 @@
 
 For an input ``a/b/img.jpg`` the caller passes ``out_stem = <out_dir>/a/b/img``; files are named by the
 task's formats (`genpercept_cli.tasks`): ``img_pred.npy``, ``img_pred.png``, ``img_colored.png``,
-``img_rgba.png`` or ``img_label.png``.
+``img_rgba.png``, ``img_label.png``, ``img_pred.exr``, or the 3D files ``img_points.ply``, ``img_mesh.glb``
+and ``img_camera.json`` (`geometry`); each format names its writer.
 
 Predictions arrive as float32 at the input image's size:
 
@@ -32,8 +33,6 @@ import numpy as np
 from . import files
 from .errors import GenPerceptError
 from .files import atomic_write, check_writable  # noqa: F401  (re-exported)
-from .files import npy_writer as _npy_writer
-from .files import png_writer as _png_writer
 from .tasks import TASKS, Task, get_task, output_suffixes  # TASKS re-exported: the task registry
 from .tasks.normal import parse_normal_flip
 
@@ -59,10 +58,18 @@ def _check_formats(task: Task, formats: Iterable[str]) -> tuple[str, ...]:
         if name not in task.formats and name not in aliases:
             alias_of = {target: alias for alias, target in aliases.items()}
             valid = [f"{n} (or {alias_of[n]})" if n in alias_of else n for n in task.formats]
+            able = [other.name for other in TASKS.values() if name in other.formats or name in other.aliases]
+            if able:  # a real format, of other tasks: say so, so it does not read as a typo
+                raise GenPerceptError(
+                    f"Task {task.name} cannot write {name!r} (only {', '.join(able)} can); valid formats are: "
+                    f"{', '.join(valid)}."
+                )
             raise GenPerceptError(
                 f"Unknown output format {name!r} for task {task.name}; valid formats are: {', '.join(valid)}."
             )
     chosen = tuple(dict.fromkeys(aliases.get(name, name) for name in formats))  # "png,png16" -> png16 once
+    if "camera" in task.formats and {"ply", "glb"} & set(chosen) and "camera" not in chosen:
+        chosen += ("camera",)  # a 3D file's coordinates mean little without the camera that made them
     first_of_suffix: dict[str, str] = {}
     for name in (n for n in task.formats if n in chosen):  # declaration order: the message reads as documented
         first = first_of_suffix.setdefault(task.formats[name].suffix, name)
@@ -147,17 +154,20 @@ ENCODE_PIXELS = 1 << 22
 
 
 def _encode(pred: np.ndarray, task: Task, name: str, image: np.ndarray | None, kind: str | None = None,
-            labels: str | None = None) -> np.ndarray:
-    """The array stored for one format: the float32 prediction for npy, uint8/uint16 for PNGs.
+            labels: str | None = None, scene=None):
+    """What one format's writer stores: the float32 prediction for npy/exr, uint8/uint16 for PNGs, a file's
+    bytes for the 3D formats.
 
-    Every encoding is per pixel (image-wide values such as a colour range are fixed by `Task.encoder`
-    first), so it is computed in stripes of rows with the same result."""
+    Per-pixel encodings (image-wide values such as a colour range are fixed by `Task.encoder` first) are
+    computed in stripes of rows with the same result; the others (`Format.per_pixel` False) at once."""
     fmt = task.formats[name]
-    encode = task.encoder(name, pred, kind, labels)
+    encode = task.encoder(name, pred, kind, labels, scene)
     if encode is None:
         return pred
     if fmt.needs_image:
         image = _check_image(pred, image, name)  # checked whole, before the stripes
+    if not fmt.per_pixel:
+        return encode(pred, image)
     rows = max(1, ENCODE_PIXELS // max(1, pred.shape[1]))
     out = None
     for top in range(0, len(pred), rows):
@@ -177,6 +187,7 @@ def write_prediction(
     normal_flip: str = "",
     kind: str | None = None,
     labels: str | None = None,
+    scene=None,
 ) -> list[Path]:
     """Write one image's prediction in the chosen formats; returns the paths written, in format order.
 
@@ -185,6 +196,8 @@ def write_prediction(
     converts x right / y up / z toward camera into OpenCV's x right / y down / z forward).
     kind: the checkpoint's output kind (`checkpoints.OUTPUT_KINDS`; None = the task's), e.g.
     "metric_depth"; labels: its label set (semseg colours). Both come from the pipeline's spec.
+    scene: the camera and 3D options of this image (`geometry.SceneOptions`; None = the defaults) for the
+    ply/glb/camera formats, which also need `image`.
     Everything is encoded before the first file is written, so a bad prediction writes nothing;
     each file is written atomically. Raises ValueError for a malformed or non-finite prediction, and
     `files.DiskFullError` on a full disk (the files this call wrote removed).
@@ -196,11 +209,11 @@ def write_prediction(
     if flip:
         pred = found.flip(pred, flip)
     paths = output_paths(out_stem, task, formats)
-    encoded = [_encode(pred, found, name, image, kind, labels) for name in formats]
+    encoded = [_encode(pred, found, name, image, kind, labels, scene) for name in formats]
     written = []
     try:
-        for path, array in zip(paths, encoded, strict=True):
-            atomic_write(path, _npy_writer(array) if path.suffix == ".npy" else _png_writer(array))
+        for path, name, value in zip(paths, formats, encoded, strict=True):
+            atomic_write(path, found.formats[name].writer(value))
             written.append(path)
     except files.DiskFullError:  # the image counts as not done (--skip-existing redoes it): none of its files stay
         for path in written:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from .checkpoints import CheckpointSpec
 from .errors import GenPerceptError
-from .images import IMAGE_SUFFIXES, ImageReadError, read_rgb, read_size
+from .files import why_missing
+from .geometry import DEFAULT_MESH_RES, SceneOptions, parse_depth_range
+from .images import IMAGE_SUFFIXES, ImageReadError, read_focal_35mm, read_rgb, read_size
 from .video import VIDEO_SUFFIXES, is_video
 
 
@@ -40,6 +42,8 @@ class PredictOptions:
     skip_existing: skip images whose outputs all exist (resume).
     frame_stride, max_frames, start, end: which frames of a video are predicted (`video.FrameRange`).
     temporal: "align" (affine depth/disparity in videos aligned over time, `temporal`) or "none".
+    fov, depth_range, points_stride, mesh_res: the camera and 3D options of the ply/glb formats
+        (`geometry.SceneOptions`); depth_range as "NEAR,FAR" or a pair, None = the default.
     """
 
     processing_res: int | None = None
@@ -54,6 +58,10 @@ class PredictOptions:
     start: float = 0.0
     end: float | None = None
     temporal: str = "align"
+    fov: float | None = None
+    depth_range: str | tuple[float, float] | None = None
+    points_stride: int = 1
+    mesh_res: int = DEFAULT_MESH_RES
 
     @property
     def frame_range(self):
@@ -61,12 +69,17 @@ class PredictOptions:
 
         return FrameRange(self.frame_stride, self.max_frames, self.start, self.end)
 
+    @property
+    def scene(self) -> SceneOptions:
+        """The 3D options of every image (its EXIF focal length is added per image)."""
+        return SceneOptions(self.fov, parse_depth_range(self.depth_range), self.points_stride, self.mesh_res)
+
     def validate(self, spec: CheckpointSpec) -> PredictOptions:
         """Raise GenPerceptError naming the first bad option, in the words of `genpercept predict`;
         return the options resolved for `spec`: formats a tuple of format names, processing_res an
         int, normal_flip its axes in x, y, z order. Reads nothing from disk and creates nothing."""
         from .outputs import parse_formats, parse_normal_flip
-        from .resize import check_processing_res
+        from .sizes import check_processing_res
         from .video import TEMPORAL_MODES
 
         names = self.formats if self.formats is None or isinstance(self.formats, str) else ",".join(self.formats)
@@ -84,7 +97,9 @@ class PredictOptions:
         self.frame_range.validate()
         if self.temporal not in TEMPORAL_MODES:
             raise GenPerceptError(f"--temporal must be one of {', '.join(TEMPORAL_MODES)}.")
-        return replace(self, formats=formats, processing_res=res, normal_flip=parse_normal_flip(self.normal_flip))
+        scene = self.scene.validate()
+        return replace(self, formats=formats, processing_res=res, normal_flip=parse_normal_flip(self.normal_flip),
+                       depth_range=None if self.depth_range is None else scene.depth_range)
 
 
 @dataclass
@@ -120,6 +135,12 @@ class SourceScan:
     special: int = 0  # fifos, sockets, devices: never opened, so a fifo cannot hang the run
     unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (path, one-line reason): failures
 
+    @property
+    def inputs(self) -> int:
+        """The inputs of the run, as the header and the summary count them: images, and unreadable files and
+        folders (each one failed input)."""
+        return len(self.images) + len(self.unreadable)
+
     def notes(self) -> list[str]:
         """Summary clauses, e.g. ["3 earlier outputs skipped", "2 hidden, 1 special file not read"]."""
         notes = []
@@ -148,6 +169,8 @@ def discover_images(source: str) -> SourceScan:
     followed once, after the real tree: a loop or a second link to a folder adds nothing. Raises
     GenPerceptError when nothing matches.
     """
+    if not source.strip():  # Path("") is the current folder: an unset shell variable would predict all of it
+        raise GenPerceptError("the source is empty (an unset shell variable?); give an image file, a folder or a glob.")
     root = Path(source).expanduser()
     if root.is_file():  # before the glob test: "photo[1].jpg" may be a file's real name
         return _with_stems([root], root.parent, SourceScan([]))
@@ -162,7 +185,7 @@ def discover_images(source: str) -> SourceScan:
     elif root.exists():
         raise GenPerceptError(f"{source} is not a regular file (a fifo, socket or device); give an image file.")
     else:
-        raise GenPerceptError(f"{source} does not exist.")
+        raise GenPerceptError(f"{source} {why_missing(root)}.")
     if not paths:
         if scan.earlier_outputs:
             nothing += f"; {scan.earlier_outputs} earlier outputs of genpercept were skipped"
@@ -312,16 +335,16 @@ def run_predict(
     Runs the one runner (`runtime.runner.run`) with a reader that decodes and resizes and a writer sink;
     videos among `images` run after the images, clip by clip (`video.predict_clips`).
     Memory: a full-resolution image lives only while a reader thread decodes and resizes it (at most
-    `workers` at once), unless the "rgba" cut-out needs it; at most `batch_size + workers` model inputs
-    wait decoded, and a few predictions wait to be written. Ctrl-C (or SIGTERM, turned into
-    KeyboardInterrupt by the CLI) cancels queued reads and writes; writes already running finish, and
-    each is atomic, so no partial file remains. `clock`, `overlap`, `after_batch`: see the runner.
+    `workers` at once), unless a format needs it (the "rgba" cut-out, the 3D files' colours); at most
+    `batch_size + workers` model inputs wait decoded, and a few predictions wait to be written. Ctrl-C (or
+    SIGTERM, turned into KeyboardInterrupt by the CLI) cancels queued reads and writes; writes already running
+    finish, and each is atomic, so no partial file remains. `clock`, `overlap`, `after_batch`: see the runner.
 
     `dist` (`runtime.distributed.Dist`, under torchrun): this rank predicts images rank, rank + world, ...
     and the returned report is the whole run's, on every rank; `progress` must then be a
     `GlobalProgress` on every rank.
     """
-    from .outputs import write_prediction
+    from .outputs import get_task, write_prediction
     from .runtime.distributed import Dist
     from .runtime.runner import Loaded, run
     from .video import predict_clips
@@ -334,16 +357,21 @@ def run_predict(
     if dist.active and progress is None:
         dist.gather(None)  # no rank writes before rank 0 has removed stale temporary files
     task_id = progress.add_task("predict", total=len(jobs)) if progress else None
-    keep_image = "rgba" in opts.formats  # the cut-out is the only output that needs the full-res pixels
+    formats = get_task(pipe.task).formats
+    keep_image = any(formats[name].needs_image for name in opts.formats)  # cut-out, 3D files: full-res pixels
+    in_3d = any(not formats[name].per_pixel for name in opts.formats)
 
     def load(job) -> Loaded:
-        image = read_rgb(images[job.index].path)
-        return Loaded(job, pipe.model_input(image, job.size), image.shape[:2], image if keep_image else None)
+        path = images[job.index].path
+        image = read_rgb(path)
+        scene = opts.scene.for_photo(read_focal_35mm(path)) if in_3d else None
+        return Loaded(job, pipe.model_input(image, job.size), image.shape[:2], (image if keep_image else None, scene))
 
     def write(loaded: Loaded, prediction) -> None:
         item = images[loaded.job.index]
-        write_prediction(prediction, pipe.task, output / item.rel_stem, opts.formats, image=loaded.context,
-                         normal_flip=opts.normal_flip, kind=pipe.spec.kind, labels=pipe.spec.labels)
+        image, scene = loaded.context
+        write_prediction(prediction, pipe.task, output / item.rel_stem, opts.formats, image=image,
+                         normal_flip=opts.normal_flip, kind=pipe.spec.kind, labels=pipe.spec.labels, scene=scene)
 
     with _tiled_decode(pipe, opts.tile_above):
         result = run(pipe, jobs, load, write, batch_size=batch_size, workers=opts.workers, sink_workers=2,

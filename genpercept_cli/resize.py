@@ -1,12 +1,10 @@
-"""The size rules and the one resize of the tool (SPEC §3 step 1), used by every model and runner.
+"""The one resize of the tool (SPEC §3 step 1), used by every model and runner.
 
     uint8 [H, W, 3] -> [1, 3, h, w]: long side to `processing_res` by the family's size rule, bilinear
     with antialias computed in float, then rounded to uint8 as torchvision v1 resizes uint8 tensors
     (GenPercept, E2E-FT, Lotus-D) or kept in float (Marigold, as diffusers resizes the float image).
 
-Size rules: "floor" (GenPercept's, E2E-FT's and Lotus' code) scales by f = min(R/W, R/H) and floors, so
-the long side may come out one pixel short of R (1070x1000 at 768: 767x717); "integer" (diffusers'
-Marigold) computes side * R // max(H, W) in integers (768x717).
+The size rules (`processed_size`) live in `sizes`, without torch, and are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,45 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import GenPerceptError
-
-MIN_SIDE = 8  # the VAE encoder halves three times; thinner inputs break its strided convolutions
-SIZE_RULES = ("floor", "integer")
-
-
-def check_processing_res(processing_res: int, name: str = "processing_res") -> int:
-    """Refuse a processing resolution no image can use; returns it. It must be 0 (native size) or at
-    least MIN_SIDE: the long side becomes `processing_res` and the short side is no longer."""
-    if processing_res != 0 and processing_res < MIN_SIDE:
-        raise GenPerceptError(
-            f"{name} must be 0 (native size) or at least {MIN_SIDE} pixels, the model's smallest side; "
-            f"got {processing_res}."
-        )
-    return processing_res
-
-
-def processed_size(height: int, width: int, processing_res: int, rule: str = "floor") -> tuple[int, int]:
-    """(h, w) after scaling the long side to `processing_res` by `rule` (SIZE_RULES, module docstring);
-    0 keeps the native size.
-
-    Raises GenPerceptError when the short side would be under MIN_SIDE pixels; the message gives sizes
-    as width x height, the way image sizes are written.
-    """
-    if processing_res == 0:
-        size = height, width
-    elif rule == "integer":
-        size = height * processing_res // max(height, width), width * processing_res // max(height, width)
-    else:
-        scale = min(processing_res / width, processing_res / height)
-        size = int(height * scale), int(width * scale)
-    if min(size) < MIN_SIDE:
-        becomes = (f"becomes {size[1]}x{size[0]} at processing resolution {processing_res}" if processing_res
-                   else "at its native size")
-        raise GenPerceptError(
-            f"the image is too thin: {width}x{height} {becomes}, and the model needs at least {MIN_SIDE} "
-            "pixels a side."
-        )
-    return size
+from .sizes import MIN_SIDE, SIZE_RULES, check_processing_res, processed_size  # noqa: F401  (re-exported)
 
 
 def resize_float(x: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> torch.Tensor:

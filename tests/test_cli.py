@@ -232,7 +232,7 @@ def test_checkpoints_lists_every_entry_with_family_resolution_status_and_where_t
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:] if line and not line.startswith(" ")
-            and not line.startswith("Download")}
+            and not line.startswith(("Download", "Formats"))}
     registry = load_registry()
     assert set(rows) == set(registry)
     assert rows["depth"] == ["genpercept", "depth", "768", "not", "cached"]
@@ -242,3 +242,96 @@ def test_checkpoints_lists_every_entry_with_family_resolution_status_and_where_t
     assert f"  {nyu.file}  {nyu.url}" in lines
     assert f"Download these by hand into {tmp_path / 'home'}" in result.output
     assert "prs-eth/marigold-depth-v1-1 · licence: openrail++" in result.output
+
+
+def _ascii_locale_run(*args: str, cwd) -> subprocess.CompletedProcess:
+    """`python -m genpercept_cli ARGS` under an ASCII locale (LC_ALL=C, UTF-8 mode off, no PYTHONIOENCODING)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONIOENCODING", "LANG", "LC_CTYPE")}
+    env.update(LC_ALL="C", PYTHONUTF8="0", COLUMNS="120")
+    return subprocess.run([sys.executable, "-m", "genpercept_cli", *args], cwd=cwd, env=env, capture_output=True,
+                          timeout=300)
+
+
+def test_every_command_works_under_an_ascii_locale(photo, tmp_path, checkpoint_root):
+    """checkpoints.toml and the other package files are UTF-8 whatever the locale; "·", "–" or "→" in a message
+    print as "?" instead of raising UnicodeEncodeError."""
+    listing = _ascii_locale_run("checkpoints", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr.decode("ascii", "replace")
+    assert b"metaprompts-nyu" in listing.stdout and b"Traceback" not in listing.stderr
+    run = _ascii_locale_run("predict", str(photo), "-c", str(checkpoint_root / "unet_depth_v2"), "-o", "out",
+                            "--processing-res", "16", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr.decode("ascii", "replace")
+    assert b"wrote 1 of 1 images" in run.stderr and b"Traceback" not in run.stderr
+    assert (tmp_path / "out" / "photo_pred.npy").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["predict", ""], "the source is empty (an unset shell variable?)"),
+    (["predict", "  "], "the source is empty (an unset shell variable?)"),
+    (["predict", "{photo}", "-o", ""], "--output is empty (an unset shell variable?)"),
+    (["predict", "{photo}", "-c", ""], "--checkpoint is empty (an unset shell variable?)"),
+    (["eval", "-d", "nyu", "--predictions", ""], "--predictions is empty"),
+    (["eval", "-d", "nyu", "--data-dir", " "], "--data-dir is empty"),
+    (["eval", "-d", "nyu", "-c", ""], "--checkpoint is empty"),
+    (["eval", "-d", "nyu", "-o", ""], "--output is empty"),
+    (["convert", "", "--release", "metaprompts-nyu"], "FILE is empty"),
+    (["train", "--config", ""], "--config is empty"),
+    (["bench-speed", "--json", ""], "--json is empty"),
+])
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(args, message, photo, tmp_path, monkeypatch):
+    """`genpercept predict "$UNSET"` predicted every image below the current folder."""
+    (tmp_path / "here.png").write_bytes(photo.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [a.format(photo=photo) for a in args])
+    assert result.exit_code == 2, result.output
+    assert f"error: {message}" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here.png", "photo.png"]  # nothing written here
+
+
+@pytest.mark.parametrize("width,description,total,expected", [
+    (40, "predict", 120, "predict  57/120  48% -:--:--"),
+    (40, "step 1000 loss 0.1234", 40000, "step 1000 loss…    57/40000   0% -:--:--"),
+    (24, "predict", 120, "pr…  57/120  48% -:--:--"),
+    (100, "predict", 120, "57/120  48% – img/s 0:00:00 -:--:--"),
+])
+def test_the_progress_count_stays_whole_in_a_narrow_terminal(width, description, total, expected, monkeypatch):
+    """At COLUMNS=40 rich cut every column, the count to "57…"; the description is what gets shorter."""
+    import importlib
+    import io
+
+    from rich.console import Console
+
+    terminal = importlib.import_module("genpercept_cli.cli.console")
+    out = io.StringIO()
+    monkeypatch.setattr(terminal, "console", Console(file=out, width=width, force_terminal=False))
+    with terminal.make_progress() as progress:
+        progress.update(progress.add_task(description, total=total), advance=57)
+    line = out.getvalue().rstrip("\n")
+    assert len(line) <= width and expected in line
+
+
+FIRST_LINE_PROBE = """
+import importlib, sys
+terminal = importlib.import_module("genpercept_cli.cli.console")
+def first_line(*args, **kwargs):  # the first line printed: was torch imported before it?
+    print(f"torch imported: {'torch' in sys.modules}; {args[0]}")
+    raise SystemExit(0)
+terminal.console.print = first_line
+from genpercept_cli.cli import main
+sys.argv = ["genpercept", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "bench-speed"])
+def test_the_first_line_comes_before_torch_is_imported(command, photo, tmp_path, checkpoint_root):
+    """Every command waited ~7 s (torch, diffusers, the weights) before its first line."""
+    folder = str(checkpoint_root / "unet_depth_v2")
+    args = {"predict": ["predict", str(photo), "-c", folder, "-o", str(tmp_path / "out")],
+            "eval": ["eval", "-d", "nyu", "--data-dir", str(tmp_path), "-c", folder],
+            "bench-speed": ["bench-speed", "--random-weights", "--resolution", "32"]}[command]
+    out = subprocess.run([sys.executable, "-c", FIRST_LINE_PROBE, *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("torch imported: False; "), out.stdout
+    assert {"predict": "1 images -> ", "eval": "eval nyu: checkpoint ", "bench-speed": "bench-speed: random weights"
+            }[command] in out.stdout

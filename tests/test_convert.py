@@ -168,3 +168,22 @@ def test_predict_from_a_release_file_writes_metric_depth(tmp_path, nyu_release):
     png = np.asarray(Image.open(out / "room_pred.png"))
     assert png.dtype == np.uint16
     np.testing.assert_array_equal(png, np.clip(np.rint(depth * 1000), 0, 65535).astype(np.uint16))
+
+
+def test_a_folder_converted_from_a_release_keeps_its_identity_and_paper_row(tmp_path, home, nyu_release):
+    """`convert --release NAME -o DIR` writes the release into genpercept.json: `eval -c DIR` gets its paper
+    row; a folder without it (a fine-tune, a hand-made conversion) is a local checkpoint with none."""
+    from benchmarks.evaluate import paper_row
+    from genpercept_cli.checkpoints import released_as
+
+    result = runner.invoke(app, ["convert", str(nyu_release), "-r", "metaprompts-nyu", "-o", str(tmp_path / "mine")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "mine" / "genpercept.json").read_text())["release"] == "metaprompts-nyu"
+    spec = resolve_checkpoint(str(tmp_path / "mine"))
+    assert released_as(spec) == "metaprompts-nyu"
+    assert paper_row("depth", "nyu", spec, 0)[0] == "Meta Prompts (NYUv2)"
+    declared = json.loads((tmp_path / "mine" / "genpercept.json").read_text())
+    del declared["release"]
+    (tmp_path / "mine" / "genpercept.json").write_text(json.dumps(declared))
+    assert paper_row("depth", "nyu", resolve_checkpoint(str(tmp_path / "mine")), 0) == (
+        None, None, "a local checkpoint, not a released model")

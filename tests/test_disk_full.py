@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,14 +96,15 @@ def test_predict_stops_at_the_first_image_that_does_not_fit(tmp_path, checkpoint
     assert [p.name for p in out.rglob("*") if p.is_file()] == []  # the _pred.png written before is removed too
 
 
+def probe_on_a_full_disk(path, data, real_write_bytes=Path.write_bytes):
+    """Path.write_bytes on a disk that is already full: the file is made, its byte is not written."""
+    real_write_bytes(path, b"")
+    raise ENOSPC
+
+
 def test_bench_json_on_a_full_disk_is_refused_before_the_run_and_after_it(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     real_write_bytes = type(out).write_bytes
-
-    def probe_on_a_full_disk(path, data):
-        real_write_bytes(path, b"")
-        raise ENOSPC
-
     args = ["bench-speed", "--random-weights", "--model-size", "tiny", "--resolution", "32", "--warmup", "0",
             "--repeats", "1", "--device", "cpu", "--json", str(out)]
     with monkeypatch.context() as patch:  # the disk is full when the command starts: refused before the run
@@ -111,7 +113,7 @@ def test_bench_json_on_a_full_disk_is_refused_before_the_run_and_after_it(tmp_pa
     assert result.exit_code == 2 and "No space left on device" in result.output, result.output
     assert "images/s" not in result.output and list(tmp_path.iterdir()) == []
 
-    def json_on_a_full_disk(path, text):  # the disk fills during the run
+    def json_on_a_full_disk(path, text, **kwargs):  # the disk fills during the run
         real_write_bytes(path, text[:10].encode())
         raise ENOSPC
 
@@ -142,12 +144,6 @@ def test_convert_on_a_full_disk_leaves_no_output_folder(tmp_path, monkeypatch):
 
 def test_eval_output_on_a_full_disk_is_refused_before_the_run(tmp_path, monkeypatch):
     out = tmp_path / "results.json"
-    real_write_bytes = type(out).write_bytes
-
-    def probe_on_a_full_disk(path, data):
-        real_write_bytes(path, b"")
-        raise ENOSPC
-
     monkeypatch.setattr(type(out), "write_bytes", probe_on_a_full_disk)
     result = runner.invoke(app, ["eval", "--dataset", "nyu", "--data-dir", str(tmp_path / "none"), "-o", str(out)])
     assert result.exit_code == 2, result.output

@@ -401,3 +401,106 @@ def test_prediction_that_is_not_numbers_is_a_problem(nyu_root, tmp_path, save, h
 def test_eval_option_errors_before_any_work(nyu_root, tmp_path, args, message):
     result = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path, *args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_a_processing_res_no_image_can_use_is_refused_before_the_model_runs(nyu_root, checkpoint_root, monkeypatch):
+    """`eval --processing-res 3` loaded the model and ran every sample before saying so."""
+    from genpercept_cli.pipeline import GenPerceptPipeline
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(GenPerceptPipeline, "from_checkpoint", must_not_load)
+    result = run_eval("-d", "nyu", "--data-dir", nyu_root, "-c", checkpoint_root / "unet_depth_v2",
+                      "--processing-res", 3)
+    assert result.exit_code == 2, result.output
+    assert "error: --processing-res must be 0 (native size) or at least 8 pixels" in result.output
+
+
+def test_an_incomplete_archive_lists_the_missing_sample_as_a_problem_with_files_as_with_a_model(
+        tmp_path, checkpoint_root):
+    """With --predictions a member missing from the archive stopped the run (exit 2) after scoring part of it;
+    with a model the same gap was a listed problem. Both list it now and exit 1 (0 with --allow-missing)."""
+    from test_datasets import NYU_SECOND
+
+    files, _ = nyu_files(np.random.default_rng(0))
+    del files[NYU_SECOND[1]]  # the second sample's depth map
+    write_tar(tmp_path / "data" / NYU_TAR, files)
+    first = get_dataset("nyu", tmp_path / "data", limit=1)
+    write_preds(tmp_path / "pred", first, lambda s: s.gt)
+    args = ["-d", "nyu", "--data-dir", tmp_path / "data", "--limit", 2]
+    missing = f"{NYU_SECOND[1]} is missing from"
+    scored = run_eval(*args, "--predictions", tmp_path / "pred")
+    assert scored.exit_code == 1, scored.output
+    assert missing in scored.output and "1 samples could not be scored; the metrics cover 1 samples" in scored.output
+    allowed = run_eval(*args, "--predictions", tmp_path / "pred", "--allow-missing", "-o", tmp_path / "r.json")
+    assert allowed.exit_code == 0, allowed.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n_images"] == 1 and report["metrics"]["absrel"] == pytest.approx(0, abs=1e-12)
+    assert len(report["problems"]) == 1 and missing in report["problems"][0]
+    model = run_eval(*args, "-c", checkpoint_root / "unet_depth_v2", "--processing-res", 32)
+    assert model.exit_code == 1 and missing in model.output, model.output
+
+
+def test_predictions_that_are_a_file_or_a_symlink_loop_say_so(nyu_root, tmp_path):
+    (tmp_path / "preds.npy").write_bytes(b"")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    as_file = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "preds.npy")
+    assert as_file.exit_code == 2
+    assert f"--predictions {tmp_path / 'preds.npy'} is a file; give the folder" in as_file.output
+    loop = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "loop")
+    assert loop.exit_code == 2 and f"predictions folder {tmp_path / 'loop'} is a symbolic link loop." in loop.output
+
+
+@pytest.mark.parametrize("ref,label,nyu", [
+    ("disparity", "GenPercept (disparity)", {"absrel": 0.058, "delta1": 0.969}),
+    ("guangkaixu/genpercept-models/unet_disparity_v2", "GenPercept (disparity)", {"absrel": 0.058, "delta1": 0.969}),
+    ("guangkaixu/genpercept-models/unet_disparity_dpt_head_v2", "GenPercept (disparity + DPT head)",
+     {"absrel": 0.059, "delta1": 0.967}),
+    ("guangkaixu/genpercept-models:unet_depth_v2", "GenPercept (depth)", {"absrel": 0.052, "delta1": 0.966}),
+    ("GonzaloMG/marigold-e2e-ft-depth", "Marigold + E2E FT (README)", {"absrel": 0.052}),
+    ("metaprompts_nyu.pth", "Meta Prompts (NYUv2)", {"absrel": 0.061, "rmse": 0.223, "delta1": 0.976}),
+])
+def test_the_paper_row_is_the_released_model_actually_run(ref, label, nyu, tmp_path):
+    """A hub id of the disparity or DPT-head model was shown GenPercept's depth row (matched by family)."""
+    from benchmarks.evaluate import paper_row
+    from genpercept_cli.checkpoints import resolve_checkpoint
+
+    if ref.endswith(".pth"):  # a release file given by path is that release
+        (tmp_path / ref).write_bytes(b"")
+        ref = str(tmp_path / ref)
+    assert paper_row("depth", "nyu", resolve_checkpoint(ref), 768) == (label, nyu, None)
+
+
+@pytest.mark.parametrize("ref,why", [
+    ("someone/finetune/unet_disparity_v2", "someone/finetune/unet_disparity_v2 is not a released model of the "
+                                           "registry"),
+    ("lotus-d-depth", "the papers report no result of lotus-d-depth on this benchmark"),
+])
+def test_no_paper_row_for_a_model_without_one_says_why(ref, why):
+    from benchmarks.evaluate import paper_row
+    from genpercept_cli.checkpoints import resolve_checkpoint
+
+    assert paper_row("depth", "nyu", resolve_checkpoint(ref), 768) == (None, None, why)
+
+
+def test_a_local_checkpoint_is_shown_no_paper_row(nyu_root, tmp_path, checkpoint_root):
+    """A local fine-tune (or any folder) was shown the paper's row as if it were the released model."""
+    out = tmp_path / "r.json"
+    result = run_eval("-d", "nyu", "--data-dir", nyu_root, "-c", checkpoint_root / "unet_disparity_v2", "--limit", 1,
+                      "--processing-res", 32, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "no paper row: a local checkpoint, not a released model" in result.output
+    assert "GenPercept (" not in result.output
+    report = json.loads(out.read_text())
+    assert report["paper"] is None and report["paper_note"] == "a local checkpoint, not a released model"
+
+
+def test_the_meta_prompts_release_gets_its_single_scale_or_multi_scale_flip_row():
+    from benchmarks.evaluate import paper_row
+    from genpercept_cli.checkpoints import resolve_checkpoint
+
+    spec = resolve_checkpoint("metaprompts-ade20k")
+    assert paper_row("semseg", "ade20k", spec, 0) == ("Meta Prompts (ADE20K, single-scale)", {"miou": 55.83}, None)
+    assert paper_row("semseg", "ade20k", spec, 0, "ms_flip") == (
+        "Meta Prompts (ADE20K, multi-scale + flip)", {"miou": 56.81}, None)

@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from genpercept_cli.cli import app
+from genpercept_cli.errors import GenPerceptError
 from genpercept_cli.images import read_rgb
 from genpercept_cli.pipeline import GenPerceptPipeline
 
@@ -391,19 +392,19 @@ def test_interrupt_in_a_writer_leaves_only_complete_files(tmp_path, checkpoint_r
     import genpercept_cli.outputs as outputs
 
     _same_size_images(tmp_path / "src", 4)
-    real_writer, count = outputs._npy_writer, []
+    real_atomic_write, count = outputs.atomic_write, []
 
-    def half_then_interrupt(array):
+    def half_then_interrupt(path, writer):  # each format names its writer: wrap them where they are called
         def write(tmp):
             count.append(tmp)
             if len(count) == 2:
                 tmp.write_bytes(b"\x93NUMPY half")
                 raise KeyboardInterrupt
-            real_writer(array)(tmp)
+            writer(tmp)
 
-        return write
+        real_atomic_write(path, write)
 
-    monkeypatch.setattr(outputs, "_npy_writer", half_then_interrupt)
+    monkeypatch.setattr(outputs, "atomic_write", half_then_interrupt)
     out = tmp_path / "out"
     result = _predict(tmp_path / "src", "-c", checkpoint_root / "unet_depth_v2", "-o", out, "--processing-res", "32",
                       "--formats", "npy")
@@ -481,3 +482,51 @@ def test_thin_image_message_gives_width_x_height(tmp_path, checkpoint_root):
     result = _predict(src, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out", "--processing-res", "32")
     assert "line.png: the image is too thin: 300x1 becomes 32x0 at processing resolution 32" in result.output
     assert "post.png: the image is too thin: 5x300 becomes 0x32 at processing resolution 32" in result.output
+
+
+def test_the_header_comes_before_the_model_loads_and_compile_says_it_may_take_minutes(photos, tmp_path,
+                                                                                      checkpoint_root, monkeypatch):
+    """The first line waited for torch, diffusers and the weights (~7 s); --compile ran 419 s in silence."""
+
+    def refuse(*args, **kwargs):
+        raise GenPerceptError("stopped at the model load")
+
+    monkeypatch.setattr(GenPerceptPipeline, "from_checkpoint", refuse)
+    result = _predict(photos, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out", "--compile")
+    assert result.exit_code == 2
+    header, note, error = result.output.splitlines()[:3]
+    assert header.startswith(f"{len(GOOD) + len(BAD)} images -> ") and "task=depth res=768" in header
+    assert note.startswith("--compile: torch.compile compiles on the first batch") and "may take minutes" in note
+    assert error == "error: stopped at the model load"
+
+
+def test_header_and_summary_count_the_same_inputs_and_a_folder_finds_gifs(tmp_path, checkpoint_root):
+    """The header counted 17 images where the summary said 20 (unreadable inputs), and an animated GIF in a
+    folder was a "non-image file" although it is read when given directly."""
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(_rgb(24, 32, 0)).save(src / "still.png")
+    frames = [Image.fromarray(_rgb(24, 32, seed)) for seed in (1, 2)]
+    frames[0].save(src / "moving.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    (src / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a broken link: one failed input
+    result = _predict(src, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out", "--processing-res", "16")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("3 images -> ") and "wrote 2 of 3 images" in result.output
+    assert "non-image" not in result.output and "gone.png: a broken symbolic link" in result.output
+    direct = _predict(src / "moving.gif", "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "one",
+                      "--processing-res", "16")
+    assert direct.exit_code == 0, direct.output
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "moving_pred.npy"),
+                                  np.load(tmp_path / "one" / "moving_pred.npy"))
+
+
+def test_a_symlink_loop_or_broken_link_given_as_the_source_says_so(tmp_path, checkpoint_root):
+    """A symlink loop given directly said "does not exist"."""
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    loop = _predict(tmp_path / "loop.png", "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out")
+    assert loop.exit_code == 2 and f"error: {tmp_path / 'loop.png'} is a symbolic link loop." in loop.output
+    gone = _predict(tmp_path / "gone.png", "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out")
+    assert gone.exit_code == 2
+    assert f"error: {tmp_path / 'gone.png'} is a broken symbolic link (to {tmp_path / 'nowhere.png'})." in gone.output
+    assert not (tmp_path / "out").exists()

@@ -26,10 +26,11 @@ PREDICTIONS = {"depth": ALPHA, "disparity": ALPHA, "normal": NORMALS, "dis": ALP
 
 
 @pytest.mark.parametrize("name, channels, formats, defaults, aliases, benchmark, kind", [
-    ("depth", 1, ("npy", "png16", "color"), ("npy", "png16", "color"), {"png": "png16"}, "depth", "affine_depth"),
-    ("disparity", 1, ("npy", "png16", "color"), ("npy", "png16", "color"), {"png": "png16"}, "depth",
-     "affine_disparity"),
-    ("normal", 3, ("npy", "rgb"), ("npy", "rgb"), {"png": "rgb"}, "normal", "normal"),
+    ("depth", 1, ("npy", "png16", "color", "exr", "ply", "glb", "camera"), ("npy", "png16", "color"), {"png": "png16"},
+     "depth", "affine_depth"),
+    ("disparity", 1, ("npy", "png16", "color", "exr", "ply", "glb", "camera"), ("npy", "png16", "color"),
+     {"png": "png16"}, "depth", "affine_disparity"),
+    ("normal", 3, ("npy", "rgb", "exr"), ("npy", "rgb"), {"png": "rgb"}, "normal", "normal"),
     ("dis", 1, ("png", "png16", "rgba", "npy"), ("png", "npy"), {}, "dis", "probability"),
     ("matting", 1, ("png", "png16", "rgba", "npy"), ("png", "npy"), {}, "matting", "alpha"),
     ("seg", 3, ("color", "label", "npy"), ("color", "label", "npy"), {"png": "color"}, "seg", "seg_colors"),
@@ -46,7 +47,8 @@ def test_registry_holds_the_seven_tasks_in_documentation_order():
 
 def test_suffixes_of_task_formats():
     suffixes = {name: {f: fmt.suffix for f, fmt in task.formats.items()} for name, task in TASKS.items()}
-    assert suffixes["depth"] == {"npy": "_pred.npy", "png16": "_pred.png", "color": "_colored.png"}
+    assert suffixes["depth"] == {"npy": "_pred.npy", "png16": "_pred.png", "color": "_colored.png", "exr": "_pred.exr",
+                                 "ply": "_points.ply", "glb": "_mesh.glb", "camera": "_camera.json"}
     assert suffixes["dis"] == {"png": "_pred.png", "png16": "_pred.png", "rgba": "_rgba.png", "npy": "_pred.npy"}
     assert suffixes["seg"] == {"color": "_pred.png", "label": "_label.png", "npy": "_pred.npy"}
 
@@ -63,7 +65,8 @@ def test_derived_names_are_the_registry():
 
     assert outputs.FORMATS == {name: tuple(task.formats) for name, task in TASKS.items()}
     assert outputs.DEFAULT_FORMATS["normal"] == ("npy", "rgb")
-    assert outputs.OUTPUT_SUFFIXES == ("_colored.png", "_label.png", "_pred.npy", "_pred.png", "_rgba.png")
+    assert outputs.OUTPUT_SUFFIXES == ("_camera.json", "_colored.png", "_label.png", "_mesh.glb", "_points.ply",
+                                       "_pred.exr", "_pred.npy", "_pred.png", "_rgba.png")
     assert TASK_OUTPUT_KIND["disparity"] == "affine_disparity"
     assert CHECKPOINT_TASKS == {"depth": ("depth", "disparity"), "normal": ("normal",), "dis": ("dis",),
                                 "matting": ("matting",), "seg": ("seg",), "semseg": ("semseg",)}

@@ -117,11 +117,11 @@ def read_split(relpath: str, split_file: str | Path | None = None) -> list[list[
     """
     if split_file is not None:
         try:
-            text = Path(split_file).read_text()
+            text = Path(split_file).read_text(encoding="utf-8")
         except OSError:
             raise DataError(f"Split file {split_file} cannot be read.") from None
     else:
-        text = resources.files("benchmarks").joinpath("splits", *relpath.split("/")).read_text()
+        text = resources.files("benchmarks").joinpath("splits", *relpath.split("/")).read_text(encoding="utf-8")
     rows = []
     for line in text.splitlines():
         line = line.strip()

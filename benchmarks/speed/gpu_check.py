@@ -203,7 +203,7 @@ def run_plan(steps: list[Step], out: Path, work: Path, budget_s: float = BUDGET_
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "budget_s": budget_s, "notes": list(notes),
               "steps": [], "results": {}}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": _pythonpath()}
-    with open(out / "gpu_check.log", "a") as log:
+    with open(out / "gpu_check.log", "a", encoding="utf-8") as log:
         for step in steps:
             left = budget_s - (time.monotonic() - start)
             entry = {"name": step.name, "command": step.argv}
@@ -213,7 +213,7 @@ def run_plan(steps: list[Step], out: Path, work: Path, budget_s: float = BUDGET_
                 entry |= _run_step(step, min(step.timeout_s, left), env, log)
             entry["results"] = [p for p in step.json if Path(p).exists()]
             for p in entry["results"]:
-                report["results"][Path(p).stem] = json.loads(Path(p).read_text())
+                report["results"][Path(p).stem] = json.loads(Path(p).read_text(encoding="utf-8"))
             report["steps"].append(entry)
             report["elapsed_s"] = time.monotonic() - start
             _write(out, report)
@@ -250,7 +250,7 @@ def _write(out: Path, report: dict) -> None:
     for name, text in (("gpu_check.json", json.dumps(report, indent=1) + "\n"),
                        ("summary.md", summary_markdown(report))):
         tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
         tmp.replace(out / name)
 
 
@@ -305,7 +305,7 @@ def write_environment(device: str, json_path: Path) -> None:
 
     env = environment(torch.device(device))
     env["nvidia_smi"] = _capture(["nvidia-smi"])
-    json_path.write_text(json.dumps(env, indent=1) + "\n")
+    json_path.write_text(json.dumps(env, indent=1) + "\n", encoding="utf-8")
 
 
 def _capture(argv: list[str]) -> str:

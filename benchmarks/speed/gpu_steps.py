@@ -98,7 +98,7 @@ def predict_e2e(work: Path, device: str, dtype: str, model_size: str, images: in
         "images_per_s_queue_depth_1": (images - warm) / (t_serial - t_warm) if t_serial > 1.05 * t_warm else None,
         "formats": "npy,png16,color", "batch_size": "auto",
     }
-    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    json_path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(result), flush=True)
     return 0 if len(written) == 3 * images else 1
 
@@ -116,8 +116,8 @@ def eval_e2e(work: Path, checkpoint: Path, device: str, dtype: str, resolution: 
     out = work / "eval_result.json"
     seconds = timed(cli("eval", "-d", "nyu", "--data-dir", work / "data", "-c", checkpoint / "unet_depth_v2",
                         "--limit", 2, "--device", device, "--dtype", dtype, "--processing-res", resolution, "-o", out))
-    result = {"seconds": seconds, "samples": 2, "report": json.loads(out.read_text())}
-    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    result = {"seconds": seconds, "samples": 2, "report": json.loads(out.read_text(encoding="utf-8"))}
+    json_path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0
 
 
@@ -167,6 +167,6 @@ def metaprompts_precision(work: Path, device: str, dtypes: list[str], small: boo
                 row["reference_mean"] = reference.mean().item()
             case["vs_fp32"][dtype] = row
         results["cases"][kind] = case
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    json_path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(results), flush=True)
     return 0

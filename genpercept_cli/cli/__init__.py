@@ -8,41 +8,19 @@ import functools
 
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, GenPerceptError, Terminated
 from .bench import bench_speed
 from .checkpoints import checkpoints_command
-from .console import console, make_progress
+from .console import console, make_progress, tolerate_narrow_encodings
 from .convert import convert_command
 from .eval import eval_command
 from .predict import predict_command
 from .train import train_command
 
 __all__ = ["app", "console", "main", "make_progress", "user_errors"]
-
-app = typer.Typer(
-    name="genpercept",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    # Help text is plain text: rich markup would read "hub id[/subfolder]" as a closing tag (typer >= 0.29).
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        print(f"genpercept {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
-):
-    """Run, evaluate and benchmark GenPercept one-step dense-perception models."""
 
 
 def _rank_prefix() -> str:
@@ -71,13 +49,45 @@ def user_errors(fn):
     return wrapper
 
 
+class _Commands(TyperGroup):
+    """The command group: a user error raised while a command's flags are parsed (e.g. an empty path,
+    `paths.given_path`) is reported like one raised by the command itself."""
+
+    invoke = user_errors(TyperGroup.invoke)
+
+
+app = typer.Typer(
+    name="genpercept",
+    cls=_Commands,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    # Help text is plain text: rich markup would read "hub id[/subfolder]" as a closing tag (typer >= 0.29).
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"genpercept {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+):
+    """Run, evaluate and benchmark GenPercept one-step dense-perception models."""
+
+
 # In this order in `genpercept --help`.
-app.command("predict")(user_errors(predict_command))
-app.command("checkpoints")(user_errors(checkpoints_command))
-app.command("bench-speed")(user_errors(bench_speed))
-app.command("eval")(user_errors(eval_command))
-app.command("convert")(user_errors(convert_command))
-app.command("train")(user_errors(train_command))
+app.command("predict")(predict_command)
+app.command("checkpoints")(checkpoints_command)
+app.command("bench-speed")(bench_speed)
+app.command("eval")(eval_command)
+app.command("convert")(convert_command)
+app.command("train")(train_command)
 
 
 def _raise_terminated(signum, frame):
@@ -89,6 +99,7 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _raise_terminated)
+    tolerate_narrow_encodings()
     from ..runtime.allocator import tune_heap
 
     tune_heap()  # before the first large tensor: keep activations in the heap (GENPERCEPT_MALLOC=system: off)

@@ -7,9 +7,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..errors import GenPerceptError
-from .console import console
+from .console import COMPILE_NOTE, console
+from .paths import given_path
 
 
 def bench_speed(
@@ -48,7 +50,7 @@ def bench_speed(
     attention: str = typer.Option("sdpa", help="sdpa (fused attention) or classic (explicit softmax)."),
     warmup: int = typer.Option(1, help="Untimed runs before the repeats."),
     repeats: int = typer.Option(3, help="Timed runs per protocol (median and spread are over these)."),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the full report to this JSON file."),
+    json_path: Path | None = typer.Option(None, "--json", parser=given_path("--json"), help="Write the full report to this JSON file."),
     model_size: str = typer.Option("sd21", hidden=True, help="Random weights: sd21 or tiny (tests)."),
     head: str = typer.Option("vae", help="Random weights: vae (VAE-decoder models) or dpt (DPT head)."),
     seed: int = typer.Option(0, hidden=True),
@@ -73,6 +75,12 @@ def bench_speed(
         tiled_decode_above=int(tile_above * 1e6) if tile_above > 0 else None,
         attention=attention, warmup=warmup, repeats=repeats, seed=seed,
     ).validate()
+    if dist.is_main:  # a first line before torch loads and the weights are read or built (seconds)
+        console.print(f"bench-speed: {escape(cfg.checkpoint or 'random weights')} at {cfg.resolution}², "
+                      f"{len(cfg.protocols)} protocol{'s' if len(cfg.protocols) > 1 else ''}, {cfg.repeats} timed "
+                      "runs each", highlight=False)
+        if cfg.compile:
+            console.print(COMPILE_NOTE, highlight=False)
     dist.gather(None)  # ranks start together, so their measurements overlap in time
     report = run_benchmark(cfg)
     report["command"] = {k: v for k, v in asdict(cfg).items() if k != "protocols"} | {
@@ -92,4 +100,4 @@ def bench_speed(
         console.print(f"one-step images/s per rank: {rates}; aggregate {report['aggregate_images_per_s']:.2f} "
                       f"over {dist.world} ranks, measured at the same time", highlight=False)
     if json_path is not None:
-        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"))

@@ -6,9 +6,11 @@ from rich.console import Console
 
 
 def checkpoints_command():
-    """List the named checkpoints: where they come from, default resolution, licence, whether cached here."""
+    """List the named checkpoints: where they come from, default resolution, licence, whether cached here; and the
+    output formats each task accepts."""
     from ..checkpoints import cached_status, load_registry
     from ..releases import checkpoint_home
+    from ..tasks import formats_summary
 
     registry = load_registry()
     width = max(len(name) for name in registry) + 2
@@ -23,6 +25,7 @@ def checkpoints_command():
         console.print(f"Download these by hand into {checkpoint_home()} (or pass --checkpoint path/to/FILE):")
         for spec in by_hand:
             console.print(f"  {spec.file}  {spec.url}")
+    console.print(f"Formats (predict --formats) per task: {formats_summary()}.")
 
 
 def _location(spec) -> str:

@@ -10,16 +10,17 @@ from rich.markup import escape
 
 from ..errors import GenPerceptError
 from .console import console, make_progress
+from .paths import given_path
 
 
 def eval_command(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Benchmark: nyu, kitti, eth3d, scannet, diode[-indoor|-outdoor], nyu-normal, scannet-normal, sintel-normal, ibims-normal, vkitti-normal, dis-vd, dis-te1..4, dis-te, p3m-500-np, aim-500, hypersim-seg, ade20k, cityscapes."),
-    data_dir: Path | None = typer.Option(None, envvar="GENPERCEPT_DATA", help="Root holding the public evaluation archives (or set GENPERCEPT_DATA)."),
+    data_dir: Path | None = typer.Option(None, envvar="GENPERCEPT_DATA", parser=given_path("--data-dir"), help="Root holding the public evaluation archives (or set GENPERCEPT_DATA)."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help="Model to run (default: the benchmark task's v2 model, unless --predictions)."),
-    predictions: Path | None = typer.Option(None, help="Score predictions on disk instead: <DIR>/<sample path without suffix>_pred.npy, as `predict` writes."),
-    save_predictions: Path | None = typer.Option(None, help="Also write the model's predictions here (npy, the --predictions layout)."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="results JSON; a per-image CSV is written beside it."),
-    csv_path: Path | None = typer.Option(None, "--csv", help="Per-image CSV (default: beside --output)."),
+    predictions: Path | None = typer.Option(None, parser=given_path("--predictions"), help="Score predictions on disk instead: <DIR>/<sample path without suffix>_pred.npy, as `predict` writes."),
+    save_predictions: Path | None = typer.Option(None, parser=given_path("--save-predictions"), help="Also write the model's predictions here (npy, the --predictions layout)."),
+    output: Path | None = typer.Option(None, "--output", "-o", parser=given_path("--output"), help="results JSON; a per-image CSV is written beside it."),
+    csv_path: Path | None = typer.Option(None, "--csv", parser=given_path("--csv"), help="Per-image CSV (default: beside --output)."),
     limit: int | None = typer.Option(None, help="Only the first N samples (a quick look; not comparable to the paper)."),
     processing_res: int | None = typer.Option(None, help="Override the protocol's processing resolution."),
     space: str = typer.Option("auto", help="Depth alignment space: auto (from the checkpoint), depth, disparity or metric (no alignment)."),
@@ -52,8 +53,6 @@ def eval_command(
     _check_choice("--normal-mode", normal_mode, ("pooled", "per_image"))
     _check_choice("--seg-convention", seg_convention, ("mmseg", "detectron2"))
     _check_choice("--hce-variant", hce_variant, ("line", "segment"))
-    if processing_res is not None and processing_res < 0:
-        raise GenPerceptError("--processing-res must be 0 (native) or a positive number of pixels.")
     if limit is not None and limit < 1:
         raise GenPerceptError("--limit must be a positive number of samples.")
     if batch_size < 0:
@@ -81,8 +80,12 @@ def eval_command(
     if save_predictions is not None:
         check_writable(save_predictions, "--save-predictions", folder=True)
     if predictions is None:  # the model runs: a checkpoint that does not resolve is refused before the data is read
-        checkpoint = checkpoint or getattr(DATASETS[dataset], "default_checkpoint", "") or default_checkpoint(task)
+        if checkpoint is None:
+            checkpoint = getattr(DATASETS[dataset], "default_checkpoint", "") or default_checkpoint(task)
         resolve_checkpoint(checkpoint)
+    # a first line before torch, the data and the model load (seconds)
+    source = f"checkpoint {checkpoint}" if predictions is None else f"the predictions in {predictions}"
+    console.print(f"eval {dataset}: {escape(source)}" + (f" (first {limit} samples)" if limit else ""), highlight=False)
     opts = EvalOptions(
         dataset=dataset, data_dir=data_dir, checkpoint=checkpoint if predictions is None else None,
         predictions=predictions, save_predictions=save_predictions, limit=limit, processing_res=processing_res,
@@ -154,6 +157,8 @@ def print_eval_result(result) -> None:
     Console().print(table)
     protocol = ", ".join(f"{k}={v}" for k, v in result.protocol.items() if v is not None)
     console.print(f"[dim]protocol: {escape(protocol)}[/]", highlight=False)
+    if result.paper_note:
+        console.print(f"[dim]no paper row: {escape(result.paper_note)}[/]", highlight=False)
 
 
 def _fmt(value) -> str:

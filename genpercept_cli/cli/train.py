@@ -11,12 +11,13 @@ import typer
 from rich.markup import escape
 
 from .console import console, make_progress
+from .paths import given_path
 
 
 def train_command(
-    config: Path | None = typer.Option(None, "--config", help="TOML file with [model], [[data.sources]], [optim], ... (examples/train/)."),
+    config: Path | None = typer.Option(None, "--config", parser=given_path("--config"), help="TOML file with [model], [[data.sources]], [optim], ... (examples/train/)."),
     overrides: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override one setting, e.g. --set optim.lr=1e-5 (repeatable)."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Run folder (checkpoints, loss.jsonl); resumes from its last checkpoint. Default: the config's output."),
+    output: Path | None = typer.Option(None, "--output", "-o", parser=given_path("--output"), help="Run folder (checkpoints, loss.jsonl); resumes from its last checkpoint. Default: the config's output."),
 ):
     """Fine-tune a one-step GenPercept model (the paper's recipe) on your own data."""
     from ..train.config import load_config
@@ -27,6 +28,7 @@ def train_command(
     validator = eval_validator(cfg)
     from ..train.engine import Trainer
 
+    console.print(f"train {cfg.model.task}: loading the model and checking the data", highlight=False)  # seconds
     with console.status("loading the model and checking the data"):
         trainer = Trainer(cfg, validator)
     console.quiet = not trainer.acc.is_main_process

@@ -8,13 +8,14 @@ A new task is one module here defining its `Task`, plus its entry in `TASKS` bel
 
 from ..errors import GenPerceptError
 from .alpha import DIS, MATTING
-from .base import NPY, Format, Task
+from .base import EXR, NPY, Format, Task
 from .depth import DEPTH, DISPARITY
 from .normal import NORMAL
 from .seg import SEG
 from .semseg import SEMSEG
 
-__all__ = ["NPY", "TASKS", "Format", "Task", "get_task", "output_suffixes", "register_task"]
+__all__ = ["EXR", "NPY", "TASKS", "Format", "Task", "formats_summary", "get_task", "output_suffixes",
+           "register_task"]
 
 # The registry, in documentation order.
 TASKS: dict[str, Task] = {task.name: task for task in (DEPTH, DISPARITY, NORMAL, DIS, MATTING, SEG, SEMSEG)}
@@ -37,3 +38,12 @@ def get_task(name: str) -> Task:
 def output_suffixes() -> tuple[str, ...]:
     """Every file-name suffix a task writes ("_pred.npy", "_colored.png", ...), sorted."""
     return tuple(sorted({fmt.suffix for task in TASKS.values() for fmt in task.formats.values()}))
+
+
+def formats_summary() -> str:
+    """Which `--formats` each task accepts, tasks with the same formats together: "depth, disparity: npy png16
+    ...; normal: npy rgb exr; ..." (registry order)."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, task in TASKS.items():
+        groups.setdefault(tuple(task.formats), []).append(name)
+    return "; ".join(f"{', '.join(names)}: {' '.join(formats)}" for formats, names in groups.items())

@@ -11,34 +11,47 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..errors import GenPerceptError
-from ..files import quantize, read_numeric_npy
+from ..errors import DataError, GenPerceptError
+from ..files import exr_writer, npy_writer, png_writer, quantize, read_numeric_npy
+from ..images import read_exr_channels
 
 # rows of the float32 prediction, and the same rows of the uint8 [H, W, 3] input image (or None)
 # -> the array stored for them (uint8 / uint16 for PNGs)
 Encoder = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+# what a format's encoding returns -> an `atomic_write` writer of its file (`files.npy_writer`, ...)
+Writer = Callable[[Any], Callable[[Path], None]]
 
 
 @dataclass(frozen=True)
 class Format:
     """One output file of a task.
 
-    suffix: appended to the image stem ("_pred.png": img.jpg -> img_pred.png); ".npy" files are
-        written with np.save, anything else as PNG.
+    suffix: appended to the image stem ("_pred.png": img.jpg -> img_pred.png).
     encode: the stored array, computed per pixel (so it may run on stripes of rows); None stores the
         float32 prediction as it is.
     needs_image: encode reads the input image, which must then be uint8 [H, W, 3] at the prediction's size.
+    writer: what encode returned -> the `files.atomic_write` writer of the file (default: np.save for a
+        ".npy" suffix, PNG otherwise).
+    per_pixel: False for encodings of the whole image at once (point clouds, meshes): never striped.
     """
 
     suffix: str
     encode: Encoder | None = None
     needs_image: bool = False
+    writer: Writer | None = None
+    per_pixel: bool = True
+
+    def __post_init__(self):
+        if self.writer is None:  # the two writers every task shares, by suffix
+            object.__setattr__(self, "writer", npy_writer if self.suffix.endswith(".npy") else png_writer)
 
 
 NPY = Format("_pred.npy")  # every task's float32 prediction, the file `genpercept eval --predictions` reads
+EXR = Format("_pred.exr", writer=exr_writer)  # the same float32 values for compositors; eval reads it too
 
 
 def to_uint8(pred: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
@@ -83,10 +96,11 @@ class Task:
         return p.clamp(0.0, 1.0)
 
     def encoder(self, name: str, pred: np.ndarray, kind: str | None = None,
-                labels: str | None = None) -> Encoder | None:
+                labels: str | None = None, scene=None) -> Encoder | None:
         """The encoding of format `name` for the prediction `pred` of a checkpoint of output kind `kind` and
         label set `labels` (None: the task's defaults); None stores the float32 prediction as it is. Tasks
-        whose encoding needs image-wide values (a colour range) compute them from `pred` here."""
+        whose encoding needs image-wide values (a colour range) compute them from `pred` here. scene: the
+        camera and 3D options of this image (`geometry.SceneOptions`) for point clouds and meshes."""
         return self.formats[name].encode
 
     def value_problem(self, pred: np.ndarray, kind: str | None = None) -> str | None:
@@ -98,13 +112,24 @@ class Task:
         raise GenPerceptError(f"A normal flip only applies to the normal task, not to {self.name}.")
 
     def read_saved(self, stem: Path) -> np.ndarray:
-        """The prediction `genpercept predict` saved for <stem>: <stem>_pred.npy as stored.
+        """The prediction `genpercept predict` saved for <stem>: <stem>_pred.npy as stored, else the float32
+        <stem>_pred.exr of tasks that write one (channel Y, or R, G, B stacked as [H, W, 3]).
 
         Raises FileNotFoundError when there is none, files.NotNumericPrediction for a .npy of anything
-        but bool, integers or floats."""
+        but bool, integers or floats, ValueError for an unreadable EXR or one without those channels."""
         npy = Path(f"{stem}{NPY.suffix}")
         if npy.is_file():
             return read_numeric_npy(npy)
+        exr = Path(f"{stem}{EXR.suffix}")
+        if "exr" in self.formats and exr.is_file():
+            try:
+                channels = read_exr_channels(exr)
+            except DataError as exc:  # scored as unreadable, like a broken .npy: not the end of the run
+                raise ValueError(str(exc)) from None
+            names = ("Y",) if self.channels == 1 else ("R", "G", "B")
+            if not all(name in channels for name in names):
+                raise ValueError(f"{exr} has the channels {', '.join(sorted(channels))}, not {', '.join(names)}")
+            return channels["Y"] if self.channels == 1 else np.stack([channels[n] for n in names], axis=-1)
         raise FileNotFoundError(npy)
 
     def check_saved(self, pred: np.ndarray, size: tuple[int, int], kind: str | None = None) -> str | None:

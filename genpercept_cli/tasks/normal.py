@@ -3,7 +3,7 @@
 Frame: x right, y up, z toward the camera (the GenPercept figures, Marigold/diffusers). `flip` negates
 axes, e.g. "yz" gives the OpenCV frame (x right, y down, z forward, i.e. away from the camera) and "x"
 DSINE's stored frame (x left). Files: <stem>_pred.npy (float32), <stem>_pred.png (8-bit RGB,
-round((n + 1) / 2 * 255)).
+round((n + 1) / 2 * 255)), <stem>_pred.exr (float32 channels R, G, B = x, y, z, as in the .npy).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import GenPerceptError
-from .base import NPY, Format, Task, to_uint8
+from .base import EXR, NPY, Format, Task, to_uint8
 
 
 def parse_normal_flip(flip: str) -> str:
@@ -46,6 +46,6 @@ class NormalTask(Task):
 
 NORMAL = NormalTask(
     "normal", channels=3, output="unit surface normals, x right, y up, z toward the camera", output_kind="normal",
-    formats={"npy": NPY, "rgb": Format("_pred.png", _rgb)}, default_formats=("npy", "rgb"), benchmark="normal",
-    aliases={"png": "rgb"},
+    formats={"npy": NPY, "rgb": Format("_pred.png", _rgb), "exr": EXR}, default_formats=("npy", "rgb"),
+    benchmark="normal", aliases={"png": "rgb"},
 )

@@ -31,7 +31,7 @@ class SemsegTask(Task):
         return p.argmax(dim=0, keepdim=True).float()
 
     def encoder(self, name: str, pred: np.ndarray, kind: str | None = None,
-                labels: str | None = None) -> Encoder | None:
+                labels: str | None = None, scene=None) -> Encoder | None:
         """The colours are those of the label set `labels`; without one, ADE20K's 150 serve as a generic palette."""
         if name != "color":
             return super().encoder(name, pred, kind, labels)

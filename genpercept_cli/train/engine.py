@@ -308,17 +308,17 @@ class Trainer:
         path = self.run / LOSS_FILE
         if not path.is_file():
             return
-        lines = path.read_text().splitlines(keepends=True)
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
         kept = [line for line in lines if _logged_step(line) <= self.step]
         if len(kept) < len(lines):
-            atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
+            atomic_write(path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
 
     def _write_log(self, entry: dict) -> None:
         """Append to RUN/loss.jsonl (always) and to the configured trackers (main process)."""
         if not self.acc.is_main_process:
             return
         try:
-            with open(self.run / LOSS_FILE, "a") as fh:
+            with open(self.run / LOSS_FILE, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(entry) + "\n")
         except OSError as exc:
             if is_disk_full(exc):

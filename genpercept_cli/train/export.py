@@ -79,12 +79,12 @@ def _write_checkpoint(folder: Path, model, cfg: TrainConfig, vae_dir: Path, stat
     unet_dir = folder / unet_folder(cfg)
     save_weights(model.unet, unet_dir, "diffusion_pytorch_model.safetensors")
     model.unet.save_config(unet_dir)
-    (unet_dir / SPEC_FILE).write_text(json.dumps(checkpoint_spec(cfg), indent=2) + "\n")
+    (unet_dir / SPEC_FILE).write_text(json.dumps(checkpoint_spec(cfg), indent=2) + "\n", encoding="utf-8")
     if model.dpt_head is not None:
         head = model.dpt_head
         save_weights(head, folder / DPT_FOLDER, DPT_WEIGHTS_FILE)
         widths = {"neck_hidden_sizes": list(head.in_channels), "fusion_hidden_size": head.features}
-        (folder / DPT_FOLDER / "config.json").write_text(json.dumps(widths) + "\n")
+        (folder / DPT_FOLDER / "config.json").write_text(json.dumps(widths) + "\n", encoding="utf-8")
     (folder / "vae").mkdir()
     for name in MODEL_FILES:
         shutil.copyfile(vae_dir / name, folder / "vae" / name)

@@ -142,16 +142,25 @@ def _weights_only_load(path: Path, mmap: bool):
     """torch.load with weights_only; its errors as one sentence (a RuntimeError passes when `mmap`)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        raise _unsafe(path, exc) from None
+    except pickle.UnpicklingError as exc:  # an object weights_only refuses, or not a pickle at all
+        if "GLOBAL" in str(exc) or _is_pickle(path):
+            raise _unsafe(path, exc) from None
+        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({_first_line(exc)}).") from None
     except Exception as exc:  # EOFError, zip errors
         if mmap and isinstance(exc, RuntimeError):
             raise
         raise CheckpointError(f"{path} cannot be read safely as a PyTorch checkpoint ({_first_line(exc)}).") from None
 
 
+def _is_pickle(path: Path) -> bool:
+    """Whether the file is a pickle stream (protocol 2 or later starts with the PROTO opcode)."""
+    with open(path, "rb") as fh:
+        return fh.read(1) == pickle.PROTO
+
+
 def _unsafe(path: Path, exc: pickle.UnpicklingError) -> CheckpointError:
-    """weights_only refused an object of the pickle: say so, not torch's advice to unpickle it anyway."""
+    """weights_only refused an object of the pickle (torch names its GLOBAL): say so, not torch's advice to
+    unpickle it anyway."""
     found = re.search(r"GLOBAL ([\w.]+)", str(exc))
     what = f" ({found.group(1)})" if found else ""
     return CheckpointError(f"{path} holds non-tensor objects{what}, which could run code when loaded, so it is "
@@ -241,16 +250,20 @@ def load_release_file(path: Path, config: MetaPromptsConfig) -> Conversion:
     return convert_release(state, config, str(path))
 
 
-def spec_json(config: MetaPromptsConfig) -> dict:
-    """`genpercept.json` of a converted folder: what it is, so it loads by itself."""
+def spec_json(config: MetaPromptsConfig, release: str | None = None) -> dict:
+    """`genpercept.json` of a converted folder: what it is, so it loads by itself; `release`: the registry name
+    of the released file it was converted from (`checkpoints.released_as`: its paper row)."""
     declared = {"task": TASK_OF[config.task], "family": "metaprompts", "family_params": config.to_params(),
                 "output_kind": "metric_depth" if config.task == "depth" else "class_scores", "processing_res": 0}
     if config.labels:
         declared["labels"] = config.labels
+    if release:
+        declared["release"] = release
     return declared
 
 
-def write_converted(state: dict[str, torch.Tensor], folder: Path, config: MetaPromptsConfig) -> Path:
+def write_converted(state: dict[str, torch.Tensor], folder: Path, config: MetaPromptsConfig,
+                    release: str | None = None) -> Path:
     """Write `model.safetensors` + `genpercept.json` into `folder`; each file appears whole or not at all
     (files.atomic_write: the umask's mode, a full disk raises DiskFullError), the JSON last, so a folder
     with it is complete. On an error the folder is removed when this call made it, and the weights
@@ -260,10 +273,10 @@ def write_converted(state: dict[str, torch.Tensor], folder: Path, config: MetaPr
     folder = Path(folder)
     made, complete = not folder.exists(), (folder / SPEC_FILE).is_file()
     tensors = {k: v.contiguous() for k, v in state.items()}
-    text = json.dumps(spec_json(config), indent=1)
+    text = json.dumps(spec_json(config, release), indent=1)
     try:
         atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
-        atomic_write(folder / SPEC_FILE, lambda tmp: tmp.write_text(text))
+        atomic_write(folder / SPEC_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     except BaseException:
         if made:
             shutil.rmtree(folder, ignore_errors=True)
