@@ -235,6 +235,14 @@ def output_files(stem: Path, task: str, formats) -> list[Path]:
     return [_video_path(path, task, name) for path, name in zip(output_paths(stem, task, formats), formats)]
 
 
+def for_clips(fmt) -> bool:
+    """Whether a clip writes this format (`tasks.Format`): arrays per pixel, stored as .npy or PNG (as video
+    or frames); not the cut-out (it needs the image), EXR, nor the whole-image 3D files (PLY, GLB, camera)."""
+    from .files import npy_writer, png_writer
+
+    return fmt.per_pixel and not fmt.needs_image and fmt.writer in (npy_writer, png_writer)
+
+
 def _kind_of(task: str, name: str) -> str:
     """How a format is stored for a clip: "npy", "mp4" or "frames"."""
     from .tasks import get_task
@@ -242,7 +250,7 @@ def _kind_of(task: str, name: str) -> str:
     fmt = get_task(task).formats[name]
     if fmt.suffix.endswith(".npy"):
         return "npy"
-    if fmt.needs_image:  # the cut-out: refused for clips (`predict_clip`)
+    if not for_clips(fmt):  # refused for clips (`predict_clip`)
         return "frames"
     probe = np.full((2, 2, 3) if get_task(task).channels == 3 else (2, 2), 0.5, np.float32)
     encode = get_task(task).encoder(name, probe)
@@ -473,9 +481,9 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, dist=None,
     from .tasks import get_task
 
     task = get_task(pipe.task)
-    needs_image = [name for name in opts.formats if task.formats[name].needs_image]
-    if needs_image:
-        raise GenPerceptError(f"{path}: the {needs_image[0]!r} format is not written for videos.")
+    refused = [name for name in opts.formats if not for_clips(task.formats[name])]
+    if refused:
+        raise GenPerceptError(f"{path}: the {refused[0]!r} format is not written for videos.")
     frames = opts.frame_range
     info = probe_clip(path, frames)
     size = pipe.processed_size(*info.size, opts.processing_res)

@@ -240,6 +240,23 @@ def test_unreadable_clips_write_nothing_and_fail_the_run(tmp_path, checkpoint_ro
     assert sorted(p.name for p in out.iterdir()) == ["still_colored.png", "still_pred.npy", "still_pred.png"]
 
 
+@pytest.mark.parametrize("formats", ["npy,exr", "npy,ply", "npy,glb,camera"])
+def test_image_only_formats_refuse_the_clip_and_still_write_the_images(tmp_path, checkpoint_root, formats):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_clip(src / "clip.mp4", frames=2)
+    Image.fromarray(_frame(0, 32, 48)).save(src / "still.png")
+    out = tmp_path / "out"
+    result = _predict(src, "-c", checkpoint_root / "unet_depth_v2", "-o", out, "--processing-res", "32",
+                      "--formats", formats)
+    refused = formats.split(",")[1]
+    assert result.exit_code == 1, result.output
+    assert f"clip.mp4: the {refused!r} format is not written for videos." in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not [p for p in out.rglob("clip*")]
+    assert (out / "still_pred.npy").is_file()
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--frame-stride", "0"], "--frame-stride must be at least 1."),
     (["--max-frames", "-1"], "--max-frames must be 0 (all) or positive."),
