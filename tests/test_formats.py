@@ -29,7 +29,7 @@ def _photo(folder, name="cam.jpg", focal_35mm=None, seed=0):
     image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8))
     exif = Image.Exif()
     if focal_35mm:
-        exif.get_ifd(0x8769)[0xA405] = focal_35mm
+        exif[0x8769] = {0xA405: focal_35mm}  # the Exif IFD as a dict: Pillow 10.3 does not write get_ifd()'s edits
     image.save(folder / name, exif=exif)
     return folder / name
 
