@@ -435,12 +435,13 @@ TEMPORAL_MODES = ("align", "none")
 ALIGNED_KINDS = ("affine_depth", "affine_disparity")  # what temporal alignment applies to
 
 
-def predict_clips(pipe, clips: list, output: Path, opts, report, batch_size: int, dist=None,
+def predict_clips(pipe, clips: list, output: Path, opts, report, batch_size: int, dist=None, progress=None,
                   **run_options) -> None:
     """Predict every clip (`predict.InputImage`s of videos) and write its files under `output`, filling
     `report` (`predict.PredictReport`): a clip written counts once; a clip that failed, or was kept only up
     to a damaged frame, adds one line to `report.failed`. `opts`: resolved `predict.PredictOptions`;
-    `run_options`: passed to the runner (workers, overlap, after_batch, clock).
+    `run_options`: passed to the runner (workers, overlap, after_batch, clock); `progress`: the run's
+    progress bar (`predict.run_predict`'s), which gets one task per clip counting its frames.
 
     Under torchrun (`dist`) every rank takes part in every clip (`predict_clip`); rank 0 alone counts
     them, so the combined report counts each clip once."""
@@ -456,7 +457,8 @@ def predict_clips(pipe, clips: list, output: Path, opts, report, batch_size: int
             report.skipped_existing += dist.is_main
             continue
         try:
-            kept, problem = predict_clip(pipe, clip.path, stem, opts, batch_size, dist=dist, **run_options)
+            kept, problem = predict_clip(pipe, clip.path, stem, opts, batch_size, dist=dist, progress=progress,
+                                         **run_options)
         except GenPerceptError as exc:
             kept, problem = 0, str(exc)
         if dist.is_main:
@@ -465,7 +467,7 @@ def predict_clips(pipe, clips: list, output: Path, opts, report, batch_size: int
                 report.failed.append((clip.path, problem))
 
 
-def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, dist=None,
+def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, dist=None, progress=None,
                  **run_options) -> tuple[int, str | None]:
     """Predict one clip's sampled frames through the runner and publish its files (module docstring).
 
@@ -508,9 +510,11 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, dist=None,
         raw[loaded.job.index] = _check_prediction(prediction, task, pipe.spec.kind)
 
     finished = False
+    task_id = progress.add_task(path.name, total=stop - first) if progress else None  # a collective: every rank
     try:
         result = run(pipe, [Job(k, size) for k in range(first, stop)], load, sink, batch_size=batch_size,
-                     sink_workers=2, describe=lambda job: f"{path} frame {job.index}", **run_options)
+                     sink_workers=2, describe=lambda job: f"{path} frame {job.index}", progress=progress,
+                     task_id=task_id, **run_options)
         failed = [f for part in dist.gather(result.failed) for f in part]  # every rank's frames are on disk now
         kept = raw.complete(reread=dist.active)  # frames before the first failure
         if kept and dist.is_main:

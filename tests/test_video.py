@@ -1,6 +1,7 @@
 """Video input (issue 21): clips encoded here with PyAV, predicted through `genpercept predict`, and the
 temporal alignment of affine depth on constructed sequences."""
 
+import re
 import struct
 from fractions import Fraction
 from pathlib import Path
@@ -238,6 +239,13 @@ def test_unreadable_clips_write_nothing_and_fail_the_run(tmp_path, checkpoint_ro
     result = _predict(src, "-c", checkpoint_root / "unet_depth_v2", "-o", out, "--processing-res", "32", *args)
     assert result.exit_code == 1 and message in " ".join(result.output.split())
     assert sorted(p.name for p in out.iterdir()) == ["still_colored.png", "still_pred.npy", "still_pred.png"]
+
+
+def test_a_clip_has_its_own_progress_count_of_frames(tmp_path, checkpoint_root):
+    clip = write_clip(tmp_path / "clip.mp4", frames=5)
+    result = _predict(clip, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out", "--processing-res", "32")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"clip\.mp4 .*5/5 +100%", result.output), result.output
 
 
 @pytest.mark.parametrize("formats", ["npy,exr", "npy,ply", "npy,glb,camera"])
