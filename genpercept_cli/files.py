@@ -72,6 +72,12 @@ def normal_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before it is moved into place: ".<name>.tmp-<pid>" beside it (hidden, so
+    output globs never match it; `remove_stale_temp_files` removes one a killed process left)."""
+    return path.parent / f".{path.name}.tmp-{os.getpid()}"
+
+
 def atomic_write(path: Path, write_fn: Callable[[Path], None]) -> None:
     """Call write_fn(temp_path), then move the temp file onto path; creates parent folders.
 
@@ -83,7 +89,7 @@ def atomic_write(path: Path, write_fn: Callable[[Path], None]) -> None:
     (remove_stale_temp_files). No fsync.
     """
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_fn(tmp)

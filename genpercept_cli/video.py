@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GenPerceptError
+from .files import temp_path
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 ENCODERS = ("libx264", "mpeg4")  # the first the PyAV wheel provides encodes the visualisation videos
@@ -272,10 +273,6 @@ def output_suffixes() -> tuple[str, ...]:
                          if _kind_of(task.name, name) == "mp4"}))
 
 
-def _temp(path: Path) -> Path:
-    return path.parent / f".{path.name}.tmp-{os.getpid()}"  # atomic_write's name: a later run removes it
-
-
 class RawFrames:
     """float32 frames [T, ...] of a clip in a hidden file beside its outputs, at fixed offsets, written (from
     any thread) and read one at a time with pwrite/pread, so they never sit in memory (a memory map's pages
@@ -327,7 +324,7 @@ class NpyStream:
     """A .npy of shape [T, ...] written one frame at a time; `commit` fixes T in the header and publishes."""
 
     def __init__(self, path: Path):
-        self.path, self.tmp = path, _temp(path)
+        self.path, self.tmp = path, temp_path(path)
         self.handle = None
         self.count = 0
 
@@ -362,7 +359,7 @@ class Mp4Stream:
     """uint8 frames ([H, W] or [H, W, 3]) encoded into a video at `rate`, published on `commit`."""
 
     def __init__(self, path: Path, rate: Fraction):
-        self.path, self.tmp, self.rate = path, _temp(path), rate
+        self.path, self.tmp, self.rate = path, temp_path(path), rate
         self.container = self.stream = None
         self.count = 0
 
@@ -398,7 +395,7 @@ class PngFrames:
     """A folder of PNG frames <folder>/<t:06d><suffix>, filled in a temp folder and moved in on `commit`."""
 
     def __init__(self, folder: Path, suffix: str):
-        self.path, self.tmp, self.suffix = folder, _temp(folder), suffix
+        self.path, self.tmp, self.suffix = folder, temp_path(folder), suffix
         self.count = 0
 
     def add(self, array: np.ndarray) -> None:
