@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -43,6 +43,8 @@ class SceneOptions:
     points_stride: one point every N pixels in x and y (N >= 1).
     mesh_res: at most this many mesh vertices on the long side (>= 2).
     focal_35mm: this photo's EXIF 35 mm-equivalent focal length in mm (per image; None = none recorded).
+    normals: float32 [H, W, 3] unit normals of this image in the module's frame (a normal model run beside the
+        depth model, per image), written as vertex normals; None = none.
     """
 
     fov: float | None = None
@@ -50,6 +52,7 @@ class SceneOptions:
     points_stride: int = 1
     mesh_res: int = DEFAULT_MESH_RES
     focal_35mm: float | None = None
+    normals: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> SceneOptions:
         """Raise GenPerceptError naming the first bad option, in the words of `genpercept predict`."""
@@ -66,6 +69,19 @@ class SceneOptions:
 
     def for_photo(self, focal_35mm: float | None) -> SceneOptions:
         return replace(self, focal_35mm=focal_35mm)
+
+    def with_normals(self, normals: np.ndarray) -> SceneOptions:
+        """These options with this image's predicted normals (float32 [H, W, 3], x right, y up, z toward the
+        camera: the normal task's frame before any --normal-flip, which is this module's and glTF's)."""
+        return replace(self, normals=normals)
+
+    def normals_at(self, size: tuple[int, int]) -> np.ndarray | None:
+        """The normals, checked to be [H, W, 3] at the depth map's `size`; None when there are none."""
+        if self.normals is None:
+            return None
+        if self.normals.shape != (*size, 3):
+            raise ValueError(f"vertex normals of shape {self.normals.shape} do not match a depth map of {size}")
+        return self.normals
 
 
 def parse_depth_range(text: str | tuple[float, float] | None) -> tuple[float, float]:
@@ -133,45 +149,53 @@ def point_cloud(depth: np.ndarray, image: np.ndarray, scene: SceneOptions) -> np
     """One coloured point per `scene.points_stride`-th pixel with a depth.
 
     depth: float32 [H, W] along the optical axis, NaN = none; image: uint8 [H, W, 3] -> structured array
-    [N] of x, y, z (float32) and red, green, blue (uint8), in row-major pixel order."""
+    [N] of x, y, z (float32), with scene.normals also nx, ny, nz (float32, the pixel's normal), and red,
+    green, blue (uint8), in row-major pixel order."""
     camera = camera_for(*depth.shape, scene)
+    normals = scene.normals_at(depth.shape)
     s = scene.points_stride
     rows, cols = np.arange(0, depth.shape[0], s), np.arange(0, depth.shape[1], s)
     depth = depth[::s, ::s]
     xyz = unproject(depth, rows, cols, camera)
     keep = np.isfinite(depth)
-    points = np.empty(int(keep.sum()), dtype=PLY_VERTEX)
+    points = np.empty(int(keep.sum()), dtype=PLY_VERTEX if normals is None else PLY_VERTEX_NORMAL)
     for axis, name in enumerate("xyz"):
         points[name] = xyz[..., axis][keep]
+        if normals is not None:
+            points[f"n{name}"] = normals[::s, ::s, axis][keep]
     for channel, name in enumerate(("red", "green", "blue")):
         points[name] = image[::s, ::s, channel][keep]
     return points
 
 
 PLY_VERTEX = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+PLY_VERTEX_NORMAL = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4"),
+                              ("red", "u1"), ("green", "u1"), ("blue", "u1")])
 
 
 def ply_bytes(points: np.ndarray) -> bytes:
-    """A binary little-endian PLY file of `point_cloud`'s points."""
+    """A binary little-endian PLY file of `point_cloud`'s points (with normals or without)."""
     header = (
         "ply\nformat binary_little_endian 1.0\ncomment written by genpercept\n"
         f"element vertex {len(points)}\n"
         + "".join(f"property {'float' if points.dtype[name].kind == 'f' else 'uchar'} {name}\n"
-                  for name in PLY_VERTEX.names)
+                  for name in points.dtype.names)
         + "end_header\n"
     )
-    return header.encode("ascii") + points.astype(PLY_VERTEX, copy=False).tobytes()
+    return header.encode("ascii") + points.tobytes()
 
 
 @dataclass(frozen=True)
 class GridMesh:
     """A triangle mesh over a decimated pixel grid: vertices float32 [V, 3] (module frame), faces int64
-    [F, 3] (counter-clockwise seen from the camera), uv float32 [V, 2] into `texture` (uint8 [H, W, 3])."""
+    [F, 3] (counter-clockwise seen from the camera), uv float32 [V, 2] into `texture` (uint8 [H, W, 3]),
+    normals float32 [V, 3] (the predicted normals at the vertices' pixels) or None."""
 
     vertices: np.ndarray
     faces: np.ndarray
     uv: np.ndarray
     texture: np.ndarray
+    normals: np.ndarray | None = None
 
 
 def grid_mesh(depth: np.ndarray, image: np.ndarray, scene: SceneOptions, edge_rtol: float = EDGE_RTOL) -> GridMesh:
@@ -179,8 +203,9 @@ def grid_mesh(depth: np.ndarray, image: np.ndarray, scene: SceneOptions, edge_rt
     textured mesh: every step-th pixel a vertex, with the step the smallest one that
     leaves at most scene.mesh_res vertices on the long side; each grid cell two triangles, dropped when a
     corner has no depth or the triangle spans a discontinuity (max depth > (1 + edge_rtol) min depth).
-    Vertices no triangle uses are left out."""
+    Vertices no triangle uses are left out; with scene.normals each vertex carries its pixel's normal."""
     h, w = depth.shape
+    normals = scene.normals_at((h, w))
     step = max(1, math.ceil((max(h, w) - 1) / (scene.mesh_res - 1)))
     rows, cols = np.arange(0, h, step), np.arange(0, w, step)
     depth = depth[np.ix_(rows, cols)]
@@ -198,7 +223,9 @@ def grid_mesh(depth: np.ndarray, image: np.ndarray, scene: SceneOptions, edge_rt
     u = (cols + 0.5) / w  # texture coordinates of the pixel centres; glTF's v runs down the image
     v = (rows + 0.5) / h
     uv = np.stack(np.broadcast_arrays(u[None, :], v[:, None]), axis=-1).reshape(-1, 2).astype(np.float32)
-    return GridMesh(xyz[used], remap[faces], uv[used], image)
+    if normals is not None:
+        normals = normals[np.ix_(rows, cols)].reshape(-1, 3)[used].astype(np.float32)
+    return GridMesh(xyz[used], remap[faces], uv[used], image, normals)
 
 
 def glb_bytes(mesh: GridMesh) -> bytes:
@@ -209,7 +236,7 @@ def glb_bytes(mesh: GridMesh) -> bytes:
     # trimesh's uv follow OBJ (v up) and flip v when writing glTF (v down)
     uv = np.stack([mesh.uv[:, 0], 1.0 - mesh.uv[:, 1]], axis=-1)
     visual = trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(mesh.texture))
-    tri = trimesh.Trimesh(mesh.vertices, mesh.faces, visual=visual, process=False)
+    tri = trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_normals=mesh.normals, visual=visual, process=False)
     buffer = io.BytesIO()
-    tri.export(buffer, file_type="glb")
+    tri.export(buffer, file_type="glb", include_normals=mesh.normals is not None)
     return buffer.getvalue()

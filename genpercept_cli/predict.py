@@ -101,6 +101,47 @@ class PredictOptions:
         return replace(self, formats=formats, processing_res=res, normal_flip=parse_normal_flip(self.normal_flip),
                        depth_range=None if self.depth_range is None else scene.depth_range)
 
+    def validate_each(self, specs: list[CheckpointSpec]) -> list[PredictOptions]:
+        """The options resolved for each model of a run (`validate`); one model: [validate(spec)].
+
+        Several models (`genpercept predict -c depth -c normal`): each its own processing resolution unless
+        one is given; `formats` (None: each task's defaults) applies to every model whose task can write a
+        name ("png" is each task's main PNG), and a name no model's task can write is refused; a model left
+        with nothing to write is refused, unless it is the normal model feeding a depth model's ply/glb
+        (`NormalsFor3D`); `normal_flip` applies to the normal models. Raises GenPerceptError, one sentence."""
+        from .outputs import get_task
+
+        if len(specs) == 1:
+            return [self.validate(specs[0])]
+        names = self.formats if self.formats is None or isinstance(self.formats, str) else ",".join(self.formats)
+        asked = [part.strip().lower() for part in (names or "").split(",") if part.strip()]
+        tasks = [get_task(spec.task) for spec in specs]
+        writable = [[n for n in asked if n in task.formats or n in task.aliases] for task in tasks]
+        for name in asked:
+            if not any(name in chosen for chosen in writable):
+                per_task = {task.name: task for task in tasks}
+                able = "; ".join(f"{name}: {', '.join(task.formats)}" for name, task in per_task.items())
+                raise GenPerceptError(f"No selected model can write {name!r} (formats per task: {able}).")
+        has_normals = any(spec.task == "normal" for spec in specs)
+        resolved = []
+        for spec, chosen in zip(specs, writable, strict=True):
+            flip = self.normal_flip if spec.task == "normal" or not has_normals else ""
+            one = replace(self, formats=",".join(chosen) if chosen else None, normal_flip=flip).validate(spec)
+            if asked and not chosen:
+                one = replace(one, formats=())
+            resolved.append(one)
+        feeds_3d = any(geometry_formats(one.formats) for one in resolved)
+        for spec, task, one in zip(specs, tasks, resolved, strict=True):
+            if not one.formats and not (spec.task == "normal" and feeds_3d):
+                raise GenPerceptError(f"--formats {names} gives {spec.name!r} ({spec.task}) nothing to write; add one "
+                                      f"of its formats: {', '.join(task.formats)}.")
+        return resolved
+
+
+def geometry_formats(formats) -> bool:
+    """Whether resolved formats include a 3D file that can carry vertex normals (ply, glb)."""
+    return bool({"ply", "glb"} & set(formats or ()))
+
 
 @dataclass
 class PredictReport:
@@ -315,6 +356,81 @@ def auto_batch_size(pipe, processing_res: int) -> int:
     return fit(pipe, (side, side))
 
 
+def model_labels(specs: list[CheckpointSpec]) -> list[str | None]:
+    """What each model adds to its file names: nothing for one model (img_pred.npy); for several, its name
+    after the image stem (img_depth_pred.npy, img_normal_pred.npy): the registry name, the hub id with "/"
+    as "-", or a local folder's own name, with characters other than letters, digits, ".", "-" and "_" as
+    "-". Raises GenPerceptError when two models would get the same label."""
+    import re
+
+    if len(specs) == 1:
+        return [None]
+    labels = [re.sub(r"[^A-Za-z0-9._-]", "-", Path(spec.name).name if spec.is_local else spec.name.replace("/", "-"))
+              for spec in specs]
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            raise GenPerceptError(f"Checkpoints {specs[labels.index(label)].name!r} and {specs[i].name!r} would both "
+                                  f"write <stem>_{label}_*; give each model once, from folders of different names.")
+    return labels
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """One model of a run: its pipeline, its resolved options (`PredictOptions.validate_each`) and the label
+    its files carry (`model_labels`; None: the image stem as it is)."""
+
+    pipe: object
+    options: PredictOptions
+    label: str | None = None
+
+    def stem(self, output: Path, rel_stem: Path) -> Path:
+        """<output>/a/b/img, or <output>/a/b/img_<label> when several models run."""
+        stem = output / rel_stem
+        return stem if self.label is None else stem.parent / f"{stem.name}_{self.label}"
+
+    def paths(self, output: Path, rel_stem: Path) -> list[Path]:
+        from .outputs import output_paths
+
+        return output_paths(self.stem(output, rel_stem), self.pipe.task, self.options.formats)
+
+
+class ModelSet:
+    """Several pipelines that the runner runs as one (`genpercept predict -c depth -c normal`): each image is
+    decoded once and every model predicts it. Model inputs, launched batches and outputs are tuples with one
+    member per model, in the order given ([B, 3, h_i, w_i] each: every model at its own processed size);
+    post-processing gives each image the tuple of its models' arrays. All models stay loaded (resident on
+    their devices) for the whole run."""
+
+    def __init__(self, pipes):
+        self.pipes = tuple(pipes)
+
+    @property
+    def queue_depth(self) -> int:
+        return min(getattr(p, "queue_depth", 1) if hasattr(p, "launch") else 1 for p in self.pipes)
+
+    @property
+    def recoveries(self) -> int:
+        return sum(p.recoveries for p in self.pipes)
+
+    def processed_size(self, height: int, width: int, processing_res: tuple[int, ...]) -> tuple:
+        return tuple(p.processed_size(height, width, res) for p, res in zip(self.pipes, processing_res, strict=True))
+
+    def model_input(self, image, size: tuple) -> tuple:
+        return tuple(p.model_input(image, s) for p, s in zip(self.pipes, size, strict=True))
+
+    def predict_batch(self, rgb: tuple) -> tuple:
+        return tuple(p.predict_batch(x) for p, x in zip(self.pipes, rgb, strict=True))
+
+    def launch(self, rgb: tuple) -> tuple:
+        return tuple(p.launch(x) for p, x in zip(self.pipes, rgb, strict=True))
+
+    def finish(self, launched: tuple, sizes: list[tuple[int, int]]) -> list[tuple]:
+        return list(zip(*(p.finish(one, sizes) for p, one in zip(self.pipes, launched, strict=True))))
+
+    def postprocess_batch(self, preds: tuple, sizes: list[tuple[int, int]]) -> list[tuple]:
+        return list(zip(*(p.postprocess_batch(one, sizes) for p, one in zip(self.pipes, preds, strict=True))))
+
+
 def run_predict(
     pipe,
     images: list[InputImage],
@@ -328,9 +444,13 @@ def run_predict(
 ) -> PredictReport:
     """Predict every image and write its files under `output`; failures are reported, not raised.
 
-    `options` (default: `PredictOptions()`, the command's defaults) are validated against `pipe.spec`
-    first; a bad option raises GenPerceptError before any image is read. `options.tile_above` applies
-    to `pipe` for this run only.
+    `pipe`: a pipeline, or a list of them (several models in one pass: each image is decoded once and every
+    model predicts it, `ModelSet`; their files sit side by side, named by `model_labels`; depth and
+    disparity models' ply/glb carry the first normal model's prediction as vertex normals; --skip-existing
+    skips an image only when every model's files exist, else all its models run again).
+    `options` (default: `PredictOptions()`, the command's defaults) are validated against each model's spec
+    first (`PredictOptions.validate_each`); a bad option raises GenPerceptError before any image is read.
+    `options.tile_above` applies to the pipelines for this run only.
 
     Runs the one runner (`runtime.runner.run`) with a reader that decodes and resizes and a writer sink;
     videos among `images` run after the images, clip by clip (`video.predict_clips`).
@@ -350,31 +470,42 @@ def run_predict(
     from .video import predict_clips
 
     dist = dist or Dist()
-    opts = (options or PredictOptions()).validate(pipe.spec)
-    batch_size = opts.batch_size or auto_batch_size(pipe, opts.processing_res)
+    pipes = list(pipe) if isinstance(pipe, (list, tuple)) else [pipe]
+    resolved = (options or PredictOptions()).validate_each([p.spec for p in pipes])
+    models = [ModelOutputs(p, o, label) for p, o, label in
+              zip(pipes, resolved, model_labels([p.spec for p in pipes]), strict=True)]
+    engine = pipes[0] if len(pipes) == 1 else ModelSet(pipes)
+    opts = resolved[0]
+    batch_size = opts.batch_size or min(auto_batch_size(m.pipe, m.options.processing_res) for m in models)
     report = PredictReport()
-    jobs = _plan_jobs(pipe, images, output, opts, report, dist, batch_size)
+    jobs = _plan_jobs(engine, models, images, output, report, dist, batch_size)
     if dist.active and progress is None:
         dist.gather(None)  # no rank writes before rank 0 has removed stale temporary files
     task_id = progress.add_task("predict", total=len(jobs)) if progress else None
-    formats = get_task(pipe.task).formats
-    keep_image = any(formats[name].needs_image for name in opts.formats)  # cut-out, 3D files: full-res pixels
-    in_3d = any(not formats[name].per_pixel for name in opts.formats)
+    chosen = [get_task(m.pipe.task).formats[name] for m in models for name in m.options.formats]
+    keep_image = any(fmt.needs_image for fmt in chosen)  # cut-out, 3D files: full-res pixels
+    in_3d = any(not fmt.per_pixel for fmt in chosen)
+    normal_model = next((i for i, m in enumerate(models) if m.pipe.task == "normal"), None)
 
     def load(job) -> Loaded:
         path = images[job.index].path
-        image = read_rgb(path)
+        image = read_rgb(path)  # once, whatever the number of models
         scene = opts.scene.for_photo(read_focal_35mm(path)) if in_3d else None
-        return Loaded(job, pipe.model_input(image, job.size), image.shape[:2], (image if keep_image else None, scene))
+        return Loaded(job, engine.model_input(image, job.size), image.shape[:2], (image if keep_image else None, scene))
 
     def write(loaded: Loaded, prediction) -> None:
         item = images[loaded.job.index]
         image, scene = loaded.context
-        write_prediction(prediction, pipe.task, output / item.rel_stem, opts.formats, image=image,
-                         normal_flip=opts.normal_flip, kind=pipe.spec.kind, labels=pipe.spec.labels, scene=scene)
+        predictions = (prediction,) if len(models) == 1 else prediction
+        for model, pred in zip(models, predictions, strict=True):
+            spec, its, its_scene = model.pipe.spec, model.options, scene
+            if scene is not None and normal_model is not None and geometry_formats(its.formats):
+                its_scene = scene.with_normals(predictions[normal_model])  # as predicted: --normal-flip is for files
+            write_prediction(pred, model.pipe.task, model.stem(output, item.rel_stem), its.formats, image=image,
+                             normal_flip=its.normal_flip, kind=spec.kind, labels=spec.labels, scene=its_scene)
 
-    with _tiled_decode(pipe, opts.tile_above):
-        result = run(pipe, jobs, load, write, batch_size=batch_size, workers=opts.workers, sink_workers=2,
+    with _tiled_decode(pipes, opts.tile_above):
+        result = run(engine, jobs, load, write, batch_size=batch_size, workers=opts.workers, sink_workers=2,
                      overlap=overlap, describe=lambda job: str(images[job.index].path), after_batch=after_batch,
                      clock=clock, progress=progress, task_id=task_id)
         clips = [item for item in images if is_video(item.path)]  # every rank takes a share of every clip
@@ -382,36 +513,37 @@ def run_predict(
                       overlap=overlap, after_batch=after_batch, clock=clock)
     report.written += result.done
     report.failed += [(images[job.index].path, message) for job, message in result.failed]
-    report.recoveries = pipe.recoveries
+    report.recoveries = engine.recoveries
     return PredictReport.combined(dist.gather(report)) if dist.active else report
 
 
-def _plan_jobs(pipe, images: list[InputImage], output: Path, opts: PredictOptions, report: PredictReport,
+def _plan_jobs(engine, models: list[ModelOutputs], images: list[InputImage], output: Path, report: PredictReport,
                dist, batch_size: int) -> list:
     """This rank's runner jobs, from the images' headers: removes stale temp files of a killed run (rank 0
     only, before any rank writes: progress totals are gathered after this), counts images already done
-    (--skip-existing) and lists unreadable or too thin ones in `report`.
+    (--skip-existing: every model's files exist) and lists unreadable or too thin ones in `report`. A job's
+    size is the processed size, or with several models the tuple of each model's (`ModelSet`).
 
     Under torchrun every rank plans every image (headers are cheap) and takes its size-balanced share
     (`Dist.shard_batches`); image i's skip or failure is counted by rank i mod world only, so the
     combined report counts it once."""
-    from .outputs import output_paths, remove_stale_temp_files
+    from .outputs import remove_stale_temp_files
     from .runtime.runner import Job
 
     if dist.is_main:
         for folder in sorted({(output / item.rel_stem).parent for item in images}):
             report.stale_removed += remove_stale_temp_files(folder)
+    res = models[0].options.processing_res if len(models) == 1 else tuple(m.options.processing_res for m in models)
     jobs = []
     for index, item in enumerate(images):
         mine = index % dist.world == dist.rank
         if is_video(item.path):  # a source of its own jobs (`video.predict_clips`)
             continue
-        stem = output / item.rel_stem
-        if opts.skip_existing and all(p.exists() for p in output_paths(stem, pipe.task, opts.formats)):
+        if models[0].options.skip_existing and all(p.exists() for m in models for p in m.paths(output, item.rel_stem)):
             report.skipped_existing += mine
             continue
         try:
-            jobs.append(Job(index, pipe.processed_size(*read_size(item.path), opts.processing_res)))
+            jobs.append(Job(index, engine.processed_size(*read_size(item.path), res)))
         except ImageReadError as exc:
             if mine:
                 report.failed.append((item.path, str(exc)))
@@ -422,14 +554,16 @@ def _plan_jobs(pipe, images: list[InputImage], output: Path, opts: PredictOption
 
 
 @contextmanager
-def _tiled_decode(pipe, megapixels: float | None):
-    """`pipe` decodes images above `megapixels` tile by tile (0: never) inside the block; None: as it is."""
+def _tiled_decode(pipes: list, megapixels: float | None):
+    """The pipelines decode images above `megapixels` tile by tile (0: never) inside the block; None: as they are."""
     if megapixels is None:
         yield
         return
-    previous = pipe.tiled_decode_above
-    pipe.tiled_decode_above = int(megapixels * 1e6) if megapixels else None
+    previous = [pipe.tiled_decode_above for pipe in pipes]
+    for pipe in pipes:
+        pipe.tiled_decode_above = int(megapixels * 1e6) if megapixels else None
     try:
         yield
     finally:
-        pipe.tiled_decode_above = previous
+        for pipe, before in zip(pipes, previous, strict=True):
+            pipe.tiled_decode_above = before

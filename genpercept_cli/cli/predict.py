@@ -20,8 +20,8 @@ FORMATS_HELP = (
 
 def predict_command(
     source: str = typer.Argument(..., help="An image or video file, a folder (searched recursively) or a quoted glob."),
-    task: str | None = typer.Option(None, help="depth, disparity, normal, dis, matting or seg (default: from the checkpoint)."),
-    checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help="Registry name, hub id[/subfolder] or local folder (default: the task's v2 model)."),
+    task: str | None = typer.Option(None, help="depth, disparity, normal, dis, matting or seg (default: from the checkpoint); several, comma-separated (depth,normal), run several models in one pass."),
+    checkpoint: list[str] | None = typer.Option(None, "--checkpoint", "-c", help="Registry name, hub id[/subfolder] or local folder (default: the task's v2 model); repeat it (-c depth -c normal) to run several models in one pass, files named <stem>_<model>_*."),
     output: Path = typer.Option(Path("genpercept_output"), "--output", "-o", parser=given_path("--output"), help="Output root; the input tree is mirrored below it."),
     processing_res: int | None = typer.Option(None, help="Long side the model sees, in pixels; 0 = native size (default: the checkpoint's, 768)."),
     formats: str | None = typer.Option(None, help=f"Comma-separated outputs, e.g. npy,png16,color; png = the task's main <stem>_pred.png (default: the task's). Per task: {FORMATS_HELP}."),
@@ -46,25 +46,27 @@ def predict_command(
     """Predict depth, disparity, normals, DIS, matting or segmentation for images."""
     from dataclasses import replace
 
-    from ..checkpoints import default_checkpoint, resolve_checkpoint
     from ..outputs import check_writable
-    from ..predict import PredictOptions, auto_batch_size, discover_images, run_predict
+    from ..predict import PredictOptions, auto_batch_size, discover_images, model_labels, run_predict
     from ..runtime.distributed import GlobalProgress, from_environment, rank_device
 
     dist = from_environment()  # under torchrun: this rank's share, its own device, rank 0 prints
     console.quiet = not dist.is_main
     scan = discover_images(source)  # skips earlier outputs, so -o may be the source folder itself
     images = scan.images
-    spec = resolve_checkpoint(default_checkpoint(task or "depth") if checkpoint is None else checkpoint, task)
-    options = PredictOptions(  # checked without torch, so a bad option is refused at once, alone
+    specs = _checkpoints(checkpoint or [], task)
+    model_labels(specs)  # two models whose files would collide are refused here
+    options_given = PredictOptions(  # checked without torch, so a bad option is refused at once, alone
         processing_res=processing_res, formats=formats, batch_size=batch_size, workers=workers,
         tile_above=tile_above, normal_flip=normal_flip, skip_existing=skip_existing,
         frame_stride=frame_stride, max_frames=max_frames, start=start, end=end, temporal=temporal,
         fov=fov, depth_range=depth_range, points_stride=points_stride, mesh_res=mesh_res,
-    ).validate(spec)
+    )
+    options = options_given.validate_each(specs)
     # the header before torch and the model load, which take seconds
-    console.print(f"{scan.inputs} images -> {escape(str(output))}  [dim]task={spec.task} "
-                  f"res={options.processing_res or 'native'} checkpoint={escape(spec.name)}[/]", highlight=False)
+    models = "  ".join(f"task={spec.task} res={one.processing_res or 'native'} checkpoint={escape(spec.name)}"
+                       for spec, one in zip(specs, options, strict=True))
+    console.print(f"{scan.inputs} images -> {escape(str(output))}  [dim]{models}[/]", highlight=False)
     check_writable(output, "--output", folder=True)  # creates it: after every check that could refuse the run
     if compile:
         console.print(COMPILE_NOTE, highlight=False)
@@ -72,18 +74,24 @@ def predict_command(
     loading = time.perf_counter()
     from ..pipeline import GenPerceptPipeline
 
-    with console.status(f"loading checkpoint {escape(spec.name)} ({spec.task})"):
-        pipe = GenPerceptPipeline.from_checkpoint(spec, device=rank_device(device, dist), dtype=dtype, compile=compile)
-    options = replace(options, batch_size=options.batch_size or auto_batch_size(pipe, options.processing_res))
+    pipes = []  # every model stays loaded for the whole run
+    for spec in specs:
+        with console.status(f"loading checkpoint {escape(spec.name)} ({spec.task})"):
+            pipes.append(GenPerceptPipeline.from_checkpoint(spec, device=rank_device(device, dist), dtype=dtype,
+                                                            compile=compile))
+    batch = options[0].batch_size or min(auto_batch_size(p, o.processing_res) for p, o in zip(pipes, options))
+    pipe = pipes[0]
+    dtypes = ",".join(dict.fromkeys(str(p.dtype).removeprefix("torch.") for p in pipes))
     console.print(
-        f"[dim]model loaded in {time.perf_counter() - loading:.1f} s: batch={options.batch_size} device={pipe.device} "
-        f"dtype={str(pipe.dtype).removeprefix('torch.')}" + (f" ranks={dist.world}" if dist.active else "") + "[/]",
+        f"[dim]{'model' if len(pipes) == 1 else f'{len(pipes)} models'} loaded in {time.perf_counter() - loading:.1f} "
+        f"s: batch={batch} device={pipe.device} dtype={dtypes}" + (f" ranks={dist.world}" if dist.active else "") + "[/]",
         highlight=False,
     )
     began = time.perf_counter()
     with make_progress() as progress:
         tracker = GlobalProgress(progress if dist.is_main else None, dist)
-        report = run_predict(pipe, images, output, options, tracker, dist=dist)
+        report = run_predict(pipes if len(pipes) > 1 else pipe, images, output,
+                             replace(options_given, batch_size=batch), tracker, dist=dist)
     dist.close()
     elapsed = time.perf_counter() - began
     failed = scan.unreadable + report.failed  # an unreadable file or folder counts as one failed input
@@ -92,6 +100,25 @@ def predict_command(
     console.print(_summary(scan, report, failed, pipe, elapsed), highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _checkpoints(checkpoints: list[str], task: str | None) -> list:
+    """The specs of the models to run: each -c (its task checked against --task: one task for all, or one per
+    checkpoint), else each --task's default checkpoint (default: depth). Raises GenPerceptError."""
+    from ..checkpoints import default_checkpoint, resolve_checkpoint
+    from ..errors import GenPerceptError
+
+    tasks = [part.strip() for part in (task or "").split(",") if part.strip()]
+    if not checkpoints:
+        checkpoints = [default_checkpoint(name) for name in tasks or ["depth"]]
+    elif len(tasks) > 1 and len(tasks) != len(checkpoints):
+        raise GenPerceptError(f"--task lists {len(tasks)} tasks for {len(checkpoints)} checkpoints; give one task for "
+                              "all of them or one per checkpoint, in the same order.")
+    if len(set(checkpoints)) < len(checkpoints):
+        twice = next(c for i, c in enumerate(checkpoints) if c in checkpoints[:i])
+        raise GenPerceptError(f"Checkpoint {twice!r} is given twice; give each model once.")
+    per_model = tasks if len(tasks) > 1 else [tasks[0] if tasks else None] * len(checkpoints)
+    return [resolve_checkpoint(ref, name) for ref, name in zip(checkpoints, per_model, strict=True)]
 
 
 def _summary(scan, report, failed: list, pipe, elapsed: float) -> str:

@@ -52,7 +52,8 @@ class Loaded:
     """A loaded job: the model input, the size the prediction goes back to, and what the sink needs."""
 
     job: Job
-    rgb: torch.Tensor  # [1, 3, h, w] in [0, 255] at the processed size (`pipe.model_input`: uint8 or float32)
+    rgb: torch.Tensor  # [1, 3, h, w] in [0, 255] at the processed size (`pipe.model_input`: uint8 or float32);
+    # several models (`predict.ModelSet`): a tuple of them, one per model
     size: tuple[int, int]  # (H, W) of the input image: post-processing resizes the prediction to it
     context: Any = None
 
@@ -197,7 +198,7 @@ def _batches(stream, batch_size: int, report: RunReport, advance) -> Iterator[li
             report.failed.append((job, str(exc)))
             advance()
             continue
-        size = tuple(loaded.rgb.shape[-2:])
+        size = input_size(loaded.rgb)
         group = held.setdefault(size, [])
         group.append(loaded)
         count += 1
@@ -209,6 +210,19 @@ def _batches(stream, batch_size: int, report: RunReport, advance) -> Iterator[li
             count -= len(held[oldest])
             yield held.pop(oldest)
     yield from held.values()
+
+
+def input_size(rgb) -> tuple:
+    """The processed (h, w) of a model input [1, 3, h, w]; of a several-model input (a tuple, one tensor per
+    model: `predict.ModelSet`), the tuple of its members' sizes. Inputs of one size batch together."""
+    return tuple(input_size(r) for r in rgb) if isinstance(rgb, tuple) else tuple(rgb.shape[-2:])
+
+
+def stacked(parts: list):
+    """Model inputs or outputs [n, ...] concatenated along the batch; tuples (several models) member by member."""
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(group) for group in zip(*parts))
+    return torch.cat(parts)
 
 
 def _queue_depth(pipe, overlap: bool) -> int:
@@ -225,14 +239,15 @@ def _run_or_split(run_batch, batch: list[Loaded], report: RunReport, describe) -
     run_batch is `pipe.predict_batch` or `pipe.launch`. On out-of-memory the batch is halved until single
     inputs fail; failed inputs are left out, with a line in the report."""
     try:
-        return [(batch, run_batch(torch.cat([loaded.rgb for loaded in batch])))]
+        return [(batch, run_batch(stacked([loaded.rgb for loaded in batch])))]
     except torch.OutOfMemoryError:
         if len(batch) > 1:
             half = len(batch) // 2
             return (_run_or_split(run_batch, batch[:half], report, describe)
                     + _run_or_split(run_batch, batch[half:], report, describe))
         loaded = batch[0]
-        h, w = loaded.rgb.shape[-2:]
+        sizes = input_size(loaded.rgb)
+        h, w = max(sizes, key=lambda s: s[0] * s[1]) if isinstance(sizes[0], tuple) else sizes
         report.failed.append((loaded.job, f"{describe(loaded.job)}: out of memory at {w}x{h}; "
                                           "lower --processing-res."))
     except (GenPerceptError, RuntimeError) as exc:
@@ -257,7 +272,7 @@ def _postprocessed(pipe, parts: list[tuple[list[Loaded], torch.Tensor]]) -> list
     if not live:
         return []
     # one part (no out-of-memory split): its tensor as the model left it, as `finish` post-processes it
-    preds = parts[0][1] if len(parts) == 1 else torch.cat([preds for _, preds in parts])
+    preds = parts[0][1] if len(parts) == 1 else stacked([preds for _, preds in parts])
     if hasattr(pipe, "postprocess_batch"):
         arrays = pipe.postprocess_batch(preds, [loaded.size for loaded in live])
     else:

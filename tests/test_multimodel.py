@@ -1,0 +1,240 @@
+"""Several models in one pass (`genpercept predict -c depth -c normal`, issue 22 item 4): each input decoded once,
+every model's files beside each other, named by model, equal to separate runs; ply/glb carry the normals."""
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+from plyfile import PlyData
+from typer.testing import CliRunner
+
+from genpercept_cli import predict as predict_module
+from genpercept_cli.cli import app
+from genpercept_cli.errors import GenPerceptError
+from genpercept_cli.geometry import SceneOptions, camera_for, unproject
+from genpercept_cli.pipeline import GenPerceptPipeline
+from genpercept_cli.predict import PredictOptions, discover_images, run_predict
+from genpercept_cli.runtime.distributed import Dist
+from genpercept_cli.tasks.depth import distance
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture()
+def source(tmp_path):
+    """Three photos of two sizes in a tree (a/b.png, a.png, c.jpg)."""
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(src / "a.png")
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(src / "a" / "b.png")
+    Image.fromarray(rng.integers(0, 256, (48, 36, 3), dtype=np.uint8)).save(src / "c.png")
+    return src
+
+
+@pytest.fixture(scope="module")
+def pipes(checkpoint_root):
+    return {task: GenPerceptPipeline.from_checkpoint(str(checkpoint_root / f"unet_{task}_v2"))
+            for task in ("depth", "normal", "dis")}
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _renamed(files, label):
+    """A single model's files as a several-model run names them: img_pred.npy -> img_<label>_pred.npy."""
+    out = {}
+    for name, data in files.items():
+        head, _, tail = name.rpartition("/")
+        stem, sep, suffix = tail.partition("_")
+        out[f"{head}/{stem}_{label}{sep}{suffix}".lstrip("/")] = data
+    return out
+
+
+def _count_decodes(monkeypatch) -> dict:
+    counts: dict = {}
+    real = predict_module.read_rgb
+
+    def counting(path):
+        counts[path.name] = counts.get(path.name, 0) + 1
+        return real(path)
+
+    monkeypatch.setattr(predict_module, "read_rgb", counting)
+    return counts
+
+
+def test_two_models_in_one_pass_equal_two_runs_and_decode_each_image_once(source, tmp_path, pipes, monkeypatch):
+    images = discover_images(str(source)).images
+    options = PredictOptions(processing_res=32, formats="npy,png,exr", batch_size=2, workers=2)
+    separate = {}
+    for task in ("depth", "normal"):
+        run_predict(pipes[task], images, tmp_path / task, options)
+        separate.update(_renamed(_files(tmp_path / task), task.replace("depth", "unet_depth_v2")
+                                 .replace("normal", "unet_normal_v2")))
+    counts = _count_decodes(monkeypatch)
+    report = run_predict([pipes["depth"], pipes["normal"]], images, tmp_path / "both", options)
+    assert (report.written, report.failed) == (3, [])
+    together = _files(tmp_path / "both")
+    assert sorted(together) == sorted(separate) and "a/b_unet_normal_v2_pred.exr" in together
+    assert together == separate  # byte-equal, file by file
+    assert counts == {"a.png": 1, "b.png": 1, "c.png": 1}
+
+
+def test_one_model_keeps_its_file_names(source, tmp_path, pipes):
+    run_predict([pipes["depth"]], discover_images(str(source)).images, tmp_path / "o",
+                PredictOptions(processing_res=32, formats="npy"))
+    assert sorted(_files(tmp_path / "o")) == ["a/b_pred.npy", "a_pred.npy", "c_pred.npy"]
+
+
+def test_each_model_keeps_its_own_processing_resolution(source, tmp_path, pipes):
+    """No --processing-res: each model its checkpoint's; the outputs equal each model run alone at it."""
+    from dataclasses import replace
+
+    images = [i for i in discover_images(str(source)).images if i.path.name == "a.png"]
+    depth = GenPerceptPipeline(pipes["depth"].model, replace(pipes["depth"].spec, processing_res=32))
+    normal = GenPerceptPipeline(pipes["normal"].model, replace(pipes["normal"].spec, processing_res=24))
+    run_predict([depth, normal], images, tmp_path / "both", PredictOptions(formats="npy", batch_size=1))
+    image = np.asarray(Image.open(images[0].path))
+    np.testing.assert_array_equal(np.load(tmp_path / "both" / "a_unet_normal_v2_pred.npy"), normal(image))
+    np.testing.assert_array_equal(np.load(tmp_path / "both" / "a_unet_depth_v2_pred.npy"), depth(image))
+    assert not np.array_equal(normal(image), normal(image, processing_res=32))  # the resolutions matter
+
+
+def test_skip_existing_reruns_an_image_when_one_models_files_are_missing(source, tmp_path, pipes, monkeypatch):
+    images = discover_images(str(source)).images
+    options = PredictOptions(processing_res=32, formats="npy", skip_existing=True)
+    out = tmp_path / "o"
+    run_predict([pipes["depth"], pipes["normal"]], images, out, options)
+    before = _files(out)
+    (out / "a" / "b_unet_normal_v2_pred.npy").unlink()
+    counts = _count_decodes(monkeypatch)
+    report = run_predict([pipes["depth"], pipes["normal"]], images, out, options)
+    assert (report.written, report.skipped_existing) == (1, 2)
+    assert counts == {"b.png": 1}  # the image whose normal file was missing: both its models ran again
+    assert _files(out) == before
+
+
+def test_ply_with_depth_and_normals_carries_the_normal_models_prediction(source, tmp_path, pipes):
+    images = discover_images(str(source)).images
+    item = next(i for i in images if i.path.name == "c.png")
+    options = PredictOptions(processing_res=32, formats="npy,ply", points_stride=2, normal_flip="yz")
+    run_predict([pipes["depth"], pipes["normal"]], [item], tmp_path / "o", options)
+    out = tmp_path / "o"
+    assert sorted(_files(out)) == ["c_unet_depth_v2_camera.json", "c_unet_depth_v2_points.ply",
+                                   "c_unet_depth_v2_pred.npy", "c_unet_normal_v2_pred.npy"]
+    normals = pipes["normal"](np.asarray(Image.open(item.path)), processing_res=32)  # our frame, not flipped
+    np.testing.assert_array_equal(np.load(out / "c_unet_normal_v2_pred.npy"), normals * [1, -1, -1])
+    vertex = PlyData.read(str(out / "c_unet_depth_v2_points.ply"))["vertex"].data
+    assert vertex.dtype.names == ("x", "y", "z", "nx", "ny", "nz", "red", "green", "blue")
+    expected = normals[::2, ::2].reshape(-1, 3)
+    np.testing.assert_array_equal(np.stack([vertex["nx"], vertex["ny"], vertex["nz"]], -1), expected)
+    depth = distance(np.load(out / "c_unet_depth_v2_pred.npy"), "affine_depth", SceneOptions().depth_range)
+    rows, cols = np.arange(0, 48, 2), np.arange(0, 36, 2)
+    xyz = unproject(depth[::2, ::2], rows, cols, camera_for(48, 36, SceneOptions()))
+    np.testing.assert_array_equal(np.stack([vertex["x"], vertex["y"], vertex["z"]], -1), xyz.reshape(-1, 3))
+
+
+def test_glb_with_depth_and_normals_has_vertex_normals(source, tmp_path, pipes):
+    import trimesh
+
+    item = next(i for i in discover_images(str(source)).images if i.path.name == "c.png")
+    run_predict([pipes["depth"], pipes["normal"]], [item], tmp_path / "o",
+                PredictOptions(processing_res=32, formats="glb", mesh_res=12))
+    scene = trimesh.load(tmp_path / "o" / "c_unet_depth_v2_mesh.glb", process=False)
+    (mesh,) = scene.geometry.values()
+    assert "vertex_normals" in mesh._cache.cache  # read from the file's NORMAL attribute, not recomputed
+    normals = pipes["normal"](np.asarray(Image.open(item.path)), processing_res=32)
+    # each vertex sits on a pixel of the decimated grid: its normal is that pixel's predicted normal
+    camera = camera_for(48, 36, SceneOptions())
+    u = np.rint(-mesh.vertices[:, 0] / mesh.vertices[:, 2] * camera.fx + camera.cx).astype(int)
+    v = np.rint(mesh.vertices[:, 1] / mesh.vertices[:, 2] * camera.fy + camera.cy).astype(int)
+    assert len(np.unique(v)) > 1 and len(np.unique(u)) > 1
+    np.testing.assert_allclose(mesh.vertex_normals, normals[v, u], atol=1e-6)
+    assert not (tmp_path / "o" / "c_unet_normal_v2_pred.npy").exists()  # ply/glb only: the normals feed the mesh
+
+
+class ThreadDist(Dist):
+    """A rank of a run simulated in a thread: gather meets the other threads at a barrier."""
+
+    def __init__(self, rank: int, world: int, shared: dict):
+        super().__init__(rank, world)
+        self.shared = shared
+
+    def gather(self, obj) -> list:
+        barrier, slots = self.shared["barrier"], self.shared["slots"]
+        slots[self.rank] = obj
+        barrier.wait()
+        out = list(slots)
+        barrier.wait()
+        return out
+
+
+def test_two_ranks_write_what_one_process_writes(source, tmp_path, pipes):
+    images = discover_images(str(source)).images
+    options = PredictOptions(processing_res=32, formats="npy,png", batch_size=1)
+    models = [pipes["depth"], pipes["normal"]]
+    run_predict(models, images, tmp_path / "one", options)
+    shared = {"barrier": threading.Barrier(2), "slots": [None, None]}
+    reports = [None, None]
+
+    def rank(r):
+        reports[r] = run_predict(models, images, tmp_path / "two", options, dist=ThreadDist(r, 2, shared))
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert reports[0].written == reports[1].written == 3
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"formats": "label"}, "No selected model can write 'label' (formats per task: depth: npy, png16, color, "),
+    ({"formats": "ply"}, "--formats ply gives "),
+    ({"normal_flip": "yz"}, "--normal-flip applies to normal models; "),
+])
+def test_bad_options_for_several_models_are_one_sentence(source, tmp_path, pipes, options, message):
+    with pytest.raises(GenPerceptError) as err:
+        run_predict([pipes["depth"], pipes["dis"]], discover_images(str(source)).images, tmp_path / "o",
+                    PredictOptions(**options))
+    assert str(err.value).startswith(message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_formats_apply_to_each_model_that_can_write_them(source, tmp_path, pipes):
+    item = discover_images(str(source)).images[:1]
+    run_predict([pipes["depth"], pipes["dis"]], item, tmp_path / "o", PredictOptions(processing_res=32,
+                                                                                      formats="color,png16"))
+    assert sorted(_files(tmp_path / "o")) == ["a/b_unet_depth_v2_colored.png", "a/b_unet_depth_v2_pred.png",
+                                              "a/b_unet_dis_v2_pred.png"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--task", "depth,normal,dis"], "--task lists 3 tasks for 2 checkpoints; give one task for all of them or one "
+                                     "per checkpoint, in the same order."),
+    (["--formats", "label"], "No selected model can write 'label'"),
+])
+def test_cli_refuses_before_loading(source, tmp_path, checkpoint_root, flags, message):
+    result = CliRunner().invoke(app, ["predict", str(source), "-c", str(checkpoint_root / "unet_depth_v2"),
+                                      "-c", str(checkpoint_root / "unet_normal_v2"), "-o", str(tmp_path / "o"), *flags])
+    assert result.exit_code == 2 and result.output.startswith(f"error: {message}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_a_checkpoint_given_twice(source, tmp_path, checkpoint_root):
+    model = str(checkpoint_root / "unet_depth_v2")
+    result = CliRunner().invoke(app, ["predict", str(source), "-c", model, "-c", model, "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.output.strip() == f"error: Checkpoint {model!r} is given twice; give " \
+                                                              "each model once."
+
+
+def test_cli_runs_two_models_and_writes_both(source, tmp_path, checkpoint_root):
+    result = CliRunner().invoke(app, ["predict", str(source / "c.png"), "-c", str(checkpoint_root / "unet_depth_v2"),
+                                      "-c", str(checkpoint_root / "unet_normal_v2"), "--processing-res", "32",
+                                      "--formats", "npy", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert "2 models loaded in" in result.output and "wrote 1 of 1 images" in result.output
+    assert sorted(_files(tmp_path / "o")) == ["c_unet_depth_v2_pred.npy", "c_unet_normal_v2_pred.npy"]
