@@ -509,8 +509,9 @@ def run_predict(
                      overlap=overlap, describe=lambda job: str(images[job.index].path), after_batch=after_batch,
                      clock=clock, progress=progress, task_id=task_id)
         clips = [item for item in images if is_video(item.path)]  # every rank takes a share of every clip
-        predict_clips(pipe, clips, output, opts, report, batch_size, dist, progress, workers=opts.workers,
-                      overlap=overlap, after_batch=after_batch, clock=clock)
+        predict_clips(engine, clips, output, opts, report, batch_size, dist, progress,
+                      models=None if len(models) == 1 else models, workers=opts.workers, overlap=overlap,
+                      after_batch=after_batch, clock=clock)
     report.written += result.done
     report.failed += [(images[job.index].path, message) for job, message in result.failed]
     report.recoveries = engine.recoveries

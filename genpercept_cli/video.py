@@ -433,12 +433,14 @@ ALIGNED_KINDS = ("affine_depth", "affine_disparity")  # what temporal alignment 
 
 
 def predict_clips(pipe, clips: list, output: Path, opts, report, batch_size: int, dist=None, progress=None,
-                  **run_options) -> None:
+                  models=None, **run_options) -> None:
     """Predict every clip (`predict.InputImage`s of videos) and write its files under `output`, filling
     `report` (`predict.PredictReport`): a clip written counts once; a clip that failed, or was kept only up
     to a damaged frame, adds one line to `report.failed`. `opts`: resolved `predict.PredictOptions`;
     `run_options`: passed to the runner (workers, overlap, after_batch, clock); `progress`: the run's
     progress bar (`predict.run_predict`'s), which gets one task per clip counting its frames.
+    models: the `predict.ModelOutputs` of a several-model run, `pipe` their `predict.ModelSet`: each clip is
+    decoded once and every model's files written (skipped only when all exist); None: `pipe` alone.
 
     Under torchrun (`dist`) every rank takes part in every clip (`predict_clip`); rank 0 alone counts
     them, so the combined report counts each clip once."""
@@ -450,12 +452,14 @@ def predict_clips(pipe, clips: list, output: Path, opts, report, batch_size: int
             report.stale_removed += remove_stale(folder)
     for clip in clips:
         stem = output / clip.rel_stem
-        if opts.skip_existing and all(p.exists() for p in output_files(stem, pipe.task, opts.formats)):
+        outputs = None if models is None else [(m.pipe, m.options, m.stem(output, clip.rel_stem)) for m in models]
+        if opts.skip_existing and all(p.exists() for member, its, its_stem in outputs or [(pipe, opts, stem)]
+                                      for p in output_files(its_stem, member.task, its.formats)):
             report.skipped_existing += dist.is_main
             continue
         try:
             kept, problem = predict_clip(pipe, clip.path, stem, opts, batch_size, dist=dist, progress=progress,
-                                         **run_options)
+                                         models=outputs, **run_options)
         except GenPerceptError as exc:
             kept, problem = 0, str(exc)
         if dist.is_main:
@@ -464,7 +468,7 @@ def predict_clips(pipe, clips: list, output: Path, opts, report, batch_size: int
                 report.failed.append((clip.path, problem))
 
 
-def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, dist=None, progress=None,
+def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, dist=None, progress=None, models=None,
                  **run_options) -> tuple[int, str | None]:
     """Predict one clip's sampled frames through the runner and publish its files (module docstring).
 
@@ -473,28 +477,33 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, dist=None,
 
     Under torchrun (`dist`, every rank calls this for the clip) the frames still to predict are split into
     contiguous ranges, one per rank, written into the one raw file; rank 0 then aligns and publishes, as
-    one process would from the same raw frames, and every rank returns rank 0's answer."""
+    one process would from the same raw frames, and every rank returns rank 0's answer.
+
+    models: [(pipeline, its resolved options, its stem)] of a several-model run, `pipe` their
+    `predict.ModelSet`: the frames are decoded once, each model's predictions go to a raw file of its own
+    and each model publishes its files; a frame counts as written when every model's is."""
     from .outputs import _check_prediction
     from .runtime.distributed import Dist
     from .runtime.runner import Job, Loaded, run
     from .tasks import get_task
 
-    task = get_task(pipe.task)
-    refused = [name for name in opts.formats if not for_clips(task.formats[name])]
-    if refused:
-        raise GenPerceptError(f"{path}: the {refused[0]!r} format is not written for videos.")
+    members = models or [(pipe, opts, stem)]
+    for member, its, _ in members:
+        refused = [name for name in its.formats if not for_clips(get_task(member.task).formats[name])]
+        if refused:
+            raise GenPerceptError(f"{path}: the {refused[0]!r} format is not written for videos.")
     frames = opts.frame_range
     info = probe_clip(path, frames)
-    size = pipe.processed_size(*info.size, opts.processing_res)
-    shape = (info.frames, *info.size, *((task.channels,) if task.channels > 1 else ()))
+    res = opts.processing_res if models is None else tuple(its.processing_res for _, its, _ in members)
+    size = pipe.processed_size(*info.size, res)
     dist = dist or Dist()
-    raw_path, identity = stem.parent / f".{stem.name}_raw.partial", _identity(pipe, path, opts, info)
-    raw = RawFrames(raw_path, shape, identity, resume=opts.skip_existing) if dist.is_main else None
-    dist.gather(None)  # the others open the file rank 0 has prepared
-    raw = raw or RawFrames(raw_path, shape, identity, resume=True)
+    raws = [_raw_frames(member, path, its_stem, its, info, dist) for member, its, its_stem in members]
+    dist.gather(None)  # the others open the files rank 0 has prepared
+    raws = [raw or _raw_frames(member, path, its_stem, its, info, dist, resume=True)
+            for raw, (member, its, its_stem) in zip(raws, members)]
     # Batches as one uninterrupted process makes them (batch composition moves fp32 results by an ulp): a
     # resumed clip restarts at a batch boundary, and the ranks get contiguous runs of whole batches.
-    resumed = raw.complete() // batch_size * batch_size  # > 0: a killed run's frames (--skip-existing)
+    resumed = min(raw.complete() for raw in raws) // batch_size * batch_size  # > 0: a killed run's (--skip-existing)
     batches = np.array_split(np.arange(-(-(info.frames - resumed) // batch_size)), dist.world)[dist.rank]
     first, stop = (resumed + int(batches[0]) * batch_size, min(info.frames, resumed + (int(batches[-1]) + 1)
                    * batch_size)) if len(batches) else (info.frames, info.frames)
@@ -504,7 +513,9 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, dist=None,
         return Loaded(job, pipe.model_input(source.frame(job.index), job.size), info.size)
 
     def sink(loaded: Loaded, prediction) -> None:
-        raw[loaded.job.index] = _check_prediction(prediction, task, pipe.spec.kind)
+        predictions = (prediction,) if models is None else prediction
+        for raw, (member, _, _), one in zip(raws, members, predictions, strict=True):
+            raw[loaded.job.index] = _check_prediction(one, get_task(member.task), member.spec.kind)
 
     finished = False
     task_id = progress.add_task(path.name, total=stop - first) if progress else None  # a collective: every rank
@@ -513,20 +524,35 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, dist=None,
                      sink_workers=2, describe=lambda job: f"{path} frame {job.index}", progress=progress,
                      task_id=task_id, **run_options)
         failed = [f for part in dist.gather(result.failed) for f in part]  # every rank's frames are on disk now
-        kept = raw.complete(reread=dist.active)  # frames before the first failure
+        kept = min(raw.complete(reread=dist.active) for raw in raws)  # frames before the first failure
         if kept and dist.is_main:
-            temporal = opts.temporal == "align" and pipe.spec.kind in ALIGNED_KINDS
-            _publish(raw, kept, stem, pipe, opts, info.rate, temporal)
+            for raw, (member, its, its_stem) in zip(raws, members, strict=True):
+                temporal = its.temporal == "align" and member.spec.kind in ALIGNED_KINDS
+                _publish(raw, kept, its_stem, member, its, info.rate, temporal)
         dist.gather(None)  # published before any rank goes on (a later --skip-existing test sees the files)
         finished = True
     finally:
         source.close()
-        raw.close(keep=not finished or not dist.is_main)  # interrupted: --skip-existing resumes from its frames
+        for raw in raws:
+            raw.close(keep=not finished or not dist.is_main)  # interrupted: --skip-existing resumes from its frames
     if kept == info.frames:
         return kept, None if info.damage is None else f"{info.damage.rstrip('.')}; {kept} frames kept."
     failure = next((message for job, message in failed if job.index == kept),
                    f"{path}: frame {kept} was not predicted.")
     return kept, f"{failure.rstrip('.')}; {kept} of {info.frames} frames kept."
+
+
+def _raw_frames(pipe, path: Path, stem: Path, opts, info: ClipInfo, dist, resume: bool = False) -> RawFrames | None:
+    """The raw file of one model's predictions of a clip, beside its outputs (rank 0 prepares it, resuming an
+    earlier run's frames under --skip-existing; `resume` opens the one prepared); None on the other ranks."""
+    from .tasks import get_task
+
+    if not (resume or dist.is_main):
+        return None
+    channels = get_task(pipe.task).channels
+    shape = (info.frames, *info.size, *((channels,) if channels > 1 else ()))
+    return RawFrames(stem.parent / f".{stem.name}_raw.partial", shape, _identity(pipe, path, opts, info),
+                     resume=resume or opts.skip_existing)
 
 
 def _identity(pipe, path: Path, opts, info: ClipInfo) -> bytes:

@@ -44,12 +44,16 @@ def _files(root):
 
 
 def _renamed(files, label):
-    """A single model's files as a several-model run names them: img_pred.npy -> img_<label>_pred.npy."""
+    """A single model's files as a several-model run names them: a/img_pred.npy -> a/img_<label>_pred.npy,
+    clip_pred/000000_pred.png -> clip_<label>_pred/000000_pred.png (the first name with an "_": the test
+    inputs' names and folders have none)."""
     out = {}
     for name, data in files.items():
-        head, _, tail = name.rpartition("/")
-        stem, sep, suffix = tail.partition("_")
-        out[f"{head}/{stem}_{label}{sep}{suffix}".lstrip("/")] = data
+        parts = name.split("/")
+        at = next(i for i, part in enumerate(parts) if "_" in part)
+        stem, _, suffix = parts[at].partition("_")
+        parts[at] = f"{stem}_{label}_{suffix}"
+        out["/".join(parts)] = data
     return out
 
 
@@ -71,8 +75,7 @@ def test_two_models_in_one_pass_equal_two_runs_and_decode_each_image_once(source
     separate = {}
     for task in ("depth", "normal"):
         run_predict(pipes[task], images, tmp_path / task, options)
-        separate.update(_renamed(_files(tmp_path / task), task.replace("depth", "unet_depth_v2")
-                                 .replace("normal", "unet_normal_v2")))
+        separate.update(_renamed(_files(tmp_path / task), f"unet_{task}_v2"))
     counts = _count_decodes(monkeypatch)
     report = run_predict([pipes["depth"], pipes["normal"]], images, tmp_path / "both", options)
     assert (report.written, report.failed) == (3, [])
@@ -238,3 +241,32 @@ def test_cli_runs_two_models_and_writes_both(source, tmp_path, checkpoint_root):
     assert result.exit_code == 0, result.output
     assert "2 models loaded in" in result.output and "wrote 1 of 1 images" in result.output
     assert sorted(_files(tmp_path / "o")) == ["c_unet_depth_v2_pred.npy", "c_unet_normal_v2_pred.npy"]
+
+
+def test_video_with_two_models_decodes_each_frame_once_and_equals_two_runs(tmp_path, pipes, monkeypatch):
+    from test_video import write_clip
+
+    from genpercept_cli import video
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_clip(src / "clip.mp4", frames=5, h=24, w=32)
+    images = discover_images(str(src)).images
+    options = PredictOptions(processing_res=32, formats="npy,png", batch_size=2, temporal="none")
+    decoded = []
+    real = video.upright
+    monkeypatch.setattr(video, "upright", lambda frame: decoded.append(1) or real(frame))
+    separate = {}
+    for task in ("depth", "normal"):
+        decoded.clear()
+        report = run_predict(pipes[task], images, tmp_path / task, options)
+        assert (report.written, report.failed) == (1, [])
+        separate.update(_renamed(_files(tmp_path / task), f"unet_{task}_v2"))
+    alone = len(decoded)
+    decoded.clear()
+    report = run_predict([pipes["depth"], pipes["normal"]], images, tmp_path / "both", options)
+    assert (report.written, report.failed) == (1, [])
+    assert len(decoded) == alone == 1 + 5  # the probe's first frame, then each frame once for both models
+    together = _files(tmp_path / "both")
+    assert sorted(together) == sorted(separate) and "clip_unet_normal_v2_pred.mp4" in together
+    assert together == separate
