@@ -1,8 +1,6 @@
 """Several models in one pass (`genpercept predict -c depth -c normal`, issue 22 item 4): each input decoded once,
 every model's files beside each other, named by model, equal to separate runs; ply/glb carry the normals."""
 
-import threading
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,7 +13,6 @@ from genpercept_cli.errors import GenPerceptError
 from genpercept_cli.geometry import SceneOptions, camera_for, unproject
 from genpercept_cli.pipeline import GenPerceptPipeline
 from genpercept_cli.predict import PredictOptions, discover_images, run_predict
-from genpercept_cli.runtime.distributed import Dist
 from genpercept_cli.tasks.depth import distance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,40 +155,21 @@ def test_glb_with_depth_and_normals_has_vertex_normals(source, tmp_path, pipes):
     assert not (tmp_path / "o" / "c_unet_normal_v2_pred.npy").exists()  # ply/glb only: the normals feed the mesh
 
 
-class ThreadDist(Dist):
-    """A rank of a run simulated in a thread: gather meets the other threads at a barrier."""
+def test_two_models_under_torchrun_write_what_one_process_writes(source, tmp_path, checkpoint_root):
+    """Two ranks (torchrun, as tests/test_distributed.py runs them) share the images and every clip's frames."""
+    from test_distributed import finish, torchrun
+    from test_video import write_clip
 
-    def __init__(self, rank: int, world: int, shared: dict):
-        super().__init__(rank, world)
-        self.shared = shared
-
-    def gather(self, obj) -> list:
-        barrier, slots = self.shared["barrier"], self.shared["slots"]
-        slots[self.rank] = obj
-        barrier.wait()
-        out = list(slots)
-        barrier.wait()
-        return out
-
-
-def test_two_ranks_write_what_one_process_writes(source, tmp_path, pipes):
-    images = discover_images(str(source)).images
-    options = PredictOptions(processing_res=32, formats="npy,png", batch_size=1)
-    models = [pipes["depth"], pipes["normal"]]
-    run_predict(models, images, tmp_path / "one", options)
-    shared = {"barrier": threading.Barrier(2), "slots": [None, None]}
-    reports = [None, None]
-
-    def rank(r):
-        reports[r] = run_predict(models, images, tmp_path / "two", options, dist=ThreadDist(r, 2, shared))
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert reports[0].written == reports[1].written == 3
-    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+    write_clip(source / "clip.mp4", frames=5, h=24, w=32)
+    args = ["-c", str(checkpoint_root / "unet_depth_v2"), "-c", str(checkpoint_root / "unet_normal_v2"),
+            "--processing-res", "32", "--formats", "npy,png", "--batch-size", "1", "--device", "cpu"]
+    single = CliRunner().invoke(app, ["predict", str(source), "-o", str(tmp_path / "one"), *args])
+    assert single.exit_code == 0, single.output
+    code, out = finish(torchrun("-m", "genpercept_cli", "predict", str(source), "-o", "two", *args, cwd=tmp_path))
+    assert code == 0, out
+    one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert len(one) == 3 * 4 + 2 + 5 + 1 and one == two  # images: 2 models x 2 files; clip: npy x 2, frames, mp4
+    assert "ranks=2" in out and out.count("wrote 4 of 4 images") == 1
 
 
 @pytest.mark.parametrize("options,message", [
