@@ -248,3 +248,48 @@ def test_video_with_two_models_decodes_each_frame_once_and_equals_two_runs(tmp_p
     together = _files(tmp_path / "both")
     assert sorted(together) == sorted(separate) and "clip_unet_normal_v2_pred.mp4" in together
     assert together == separate
+
+
+def test_launched_batches_of_two_models_equal_the_serial_ones(source, tmp_path, pipes, monkeypatch):
+    """queue depth 2 (CUDA's launch/finish path, forced here on the CPU) gives the serial path's files."""
+    images = discover_images(str(source)).images
+    options = PredictOptions(processing_res=32, formats="npy", batch_size=2)
+    run_predict([pipes["depth"], pipes["normal"]], images, tmp_path / "serial", options)
+    launched = []
+    real = GenPerceptPipeline.launch
+    monkeypatch.setattr(GenPerceptPipeline, "queue_depth", property(lambda self: 2))
+    monkeypatch.setattr(GenPerceptPipeline, "launch", lambda self, rgb: launched.append(1) or real(self, rgb))
+    run_predict([pipes["depth"], pipes["normal"]], images, tmp_path / "queued", options)
+    assert len(launched) == 2 * 2  # two batches (sizes 40x56 twice, 48x36 once), each model launched for each
+    assert _files(tmp_path / "queued") == _files(tmp_path / "serial")
+
+
+def test_one_progress_count_per_image_not_per_model(source, tmp_path, pipes):
+    class Progress:
+        def __init__(self):
+            self.totals, self.advanced = [], 0
+
+        def add_task(self, name, total):
+            self.totals.append((name, total))
+
+        def advance(self, task_id):
+            self.advanced += 1
+
+    progress = Progress()
+    run_predict([pipes["depth"], pipes["normal"]], discover_images(str(source)).images, tmp_path / "o",
+                PredictOptions(processing_res=32, formats="npy"), progress=progress)
+    assert (progress.totals, progress.advanced) == ([("predict", 3)], 3)
+
+
+def test_models_whose_files_would_collide_are_refused(checkpoint_root, tmp_path):
+    from dataclasses import replace
+
+    from genpercept_cli.checkpoints import resolve_checkpoint
+    from genpercept_cli.predict import model_labels
+
+    spec = resolve_checkpoint(str(checkpoint_root / "unet_depth_v2"))
+    specs = [spec, replace(spec, name=str(tmp_path / "other" / "unet_depth_v2"))]  # two folders of one name
+    assert model_labels(specs[:1]) == [None]
+    assert model_labels([spec, replace(spec, name="org/model", unet_dir=None)]) == ["unet_depth_v2", "org-model"]
+    with pytest.raises(GenPerceptError, match="would both write <stem>_unet_depth_v2_\\*"):
+        model_labels(specs)
