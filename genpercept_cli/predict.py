@@ -123,10 +123,14 @@ class PredictOptions:
                 able = "; ".join(f"{name}: {', '.join(task.formats)}" for name, task in per_task.items())
                 raise GenPerceptError(f"No selected model can write {name!r} (formats per task: {able}).")
         has_normals = any(spec.task == "normal" for spec in specs)
+        has_3d = any("camera" in task.formats for task in tasks)
         resolved = []
-        for spec, chosen in zip(specs, writable, strict=True):
+        for spec, task, chosen in zip(specs, tasks, writable, strict=True):
             flip = self.normal_flip if spec.task == "normal" or not has_normals else ""
-            one = replace(self, formats=",".join(chosen) if chosen else None, normal_flip=flip).validate(spec)
+            one = replace(self, formats=",".join(chosen) if chosen else None, normal_flip=flip)
+            if has_3d and "camera" not in task.formats:  # the 3D options are the depth models' alone
+                one = replace(one, fov=None, depth_range=None, points_stride=1, mesh_res=DEFAULT_MESH_RES)
+            one = one.validate(spec)
             if asked and not chosen:
                 one = replace(one, formats=())
             resolved.append(one)
@@ -486,11 +490,12 @@ def run_predict(
     keep_image = any(fmt.needs_image for fmt in chosen)  # cut-out, 3D files: full-res pixels
     in_3d = any(not fmt.per_pixel for fmt in chosen)
     normal_model = next((i for i, m in enumerate(models) if m.pipe.task == "normal"), None)
+    scene_options = next((m.options.scene for m in models if "camera" in get_task(m.pipe.task).formats), opts.scene)
 
     def load(job) -> Loaded:
         path = images[job.index].path
         image = read_rgb(path)  # once, whatever the number of models
-        scene = opts.scene.for_photo(read_focal_35mm(path)) if in_3d else None
+        scene = scene_options.for_photo(read_focal_35mm(path)) if in_3d else None
         return Loaded(job, engine.model_input(image, job.size), image.shape[:2], (image if keep_image else None, scene))
 
     def write(loaded: Loaded, prediction) -> None:

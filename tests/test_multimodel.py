@@ -293,3 +293,16 @@ def test_models_whose_files_would_collide_are_refused(checkpoint_root, tmp_path)
     assert model_labels([spec, replace(spec, name="org/model", unet_dir=None)]) == ["unet_depth_v2", "org-model"]
     with pytest.raises(GenPerceptError, match="would both write <stem>_unet_depth_v2_\\*"):
         model_labels(specs)
+
+
+def test_the_3d_options_reach_the_depth_model_whatever_the_order(source, tmp_path, pipes):
+    import json
+
+    item = next(i for i in discover_images(str(source)).images if i.path.name == "c.png")
+    run_predict([pipes["normal"], pipes["depth"]], [item], tmp_path / "o",
+                PredictOptions(processing_res=32, formats="rgb,ply", fov=40.0, depth_range="2,5"))
+    camera = json.loads((tmp_path / "o" / "c_unet_depth_v2_camera.json").read_text())
+    assert (round(camera["hfov_deg"], 6), camera["fov_source"]) == (40.0, "--fov")
+    assert "--depth-range 2,5" in camera["units"]
+    vertex = PlyData.read(str(tmp_path / "o" / "c_unet_depth_v2_points.ply"))["vertex"].data
+    assert "nx" in vertex.dtype.names and (tmp_path / "o" / "c_unet_normal_v2_pred.png").exists()
