@@ -9,6 +9,9 @@ Frame: x right, y up, z toward the camera (the normals' frame, and glTF's); the 
 Pixel (u, v) with depth d (the distance along the optical axis) is the point
 x = (u - cx) / fx * d, y = -(v - cy) / fy * d, z = -d.
 
+Normals (a normal model run beside the depth model, `SceneOptions.normals`): already in this frame, so the
+PLY's nx, ny, nz and the GLB's vertex normals are the predicted vectors at the points' pixels as they are.
+
 Depth: in the units of the depth maps given here (NaN = none: no point); `tasks.depth.DepthTask.distance`
 makes them from predictions: metres for metric models, the affine-invariant ones mapped onto
 `--depth-range NEAR,FAR` (default DEFAULT_DEPTH_RANGE).

@@ -3,7 +3,8 @@
 For an input ``a/b/img.jpg`` the caller passes ``out_stem = <out_dir>/a/b/img``; files are named by the
 task's formats (`genpercept_cli.tasks`): ``img_pred.npy``, ``img_pred.png``, ``img_colored.png``,
 ``img_rgba.png``, ``img_label.png``, ``img_pred.exr``, or the 3D files ``img_points.ply``, ``img_mesh.glb``
-and ``img_camera.json`` (`geometry`); each format names its writer.
+and ``img_camera.json`` (`geometry`); each format names its writer. When several models run in one pass the
+caller passes ``<out_dir>/a/b/img_<model>`` (`predict.model_labels`): ``img_depth_pred.npy``, ...
 
 Predictions arrive as float32 at the input image's size:
 
