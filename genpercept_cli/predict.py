@@ -107,8 +107,9 @@ class PredictOptions:
         Several models (`genpercept predict -c depth -c normal`): each its own processing resolution unless
         one is given; `formats` (None: each task's defaults) applies to every model whose task can write a
         name ("png" is each task's main PNG), and a name no model's task can write is refused; a model left
-        with nothing to write is refused, unless it is the normal model feeding a depth model's ply/glb
-        (`NormalsFor3D`); `normal_flip` applies to the normal models. Raises GenPerceptError, one sentence."""
+        with nothing to write is refused, unless it is a normal model and a depth model writes ply/glb (its
+        normals become their vertex normals); `normal_flip` applies to the normal models; the 3D options
+        (fov, depth_range, ...) to the depth models. Raises GenPerceptError, one sentence."""
         from .outputs import get_task
 
         if len(specs) == 1:
@@ -120,7 +121,7 @@ class PredictOptions:
         for name in asked:
             if not any(name in chosen for chosen in writable):
                 per_task = {task.name: task for task in tasks}
-                able = "; ".join(f"{name}: {', '.join(task.formats)}" for name, task in per_task.items())
+                able = "; ".join(f"{task_name}: {', '.join(task.formats)}" for task_name, task in per_task.items())
                 raise GenPerceptError(f"No selected model can write {name!r} (formats per task: {able}).")
         has_normals = any(spec.task == "normal" for spec in specs)
         has_3d = any("camera" in task.formats for task in tasks)
