@@ -202,6 +202,23 @@ def test_bad_3d_options_exit_2_before_any_work(tmp_path, checkpoint_root, args, 
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("formats, args, message", [
+    ("npy,color", ["--fov", "60"], "--fov applies to the ply, glb and camera formats only; add one to --formats or "
+                                   "leave --fov out."),
+    ("npy", ["--depth-range", "2,50"], "--depth-range applies to the ply, glb and camera formats only;"),
+    ("glb,camera", ["--points-stride", "2"], "--points-stride applies to the ply format only; add it to --formats or "
+                                             "leave --points-stride out."),
+    ("ply", ["--mesh-res", "9"], "--mesh-res applies to the glb format only;"),
+])
+def test_3d_options_without_a_format_that_reads_them_exit_2_before_any_work(tmp_path, checkpoint_root, formats, args,
+                                                                             message):
+    photo = _photo(tmp_path / "in", "img.png")
+    result = runner.invoke(app, ["predict", str(photo), "-c", str(checkpoint_root / "unet_depth_v2"),
+                                 "-o", str(tmp_path / "o"), "--formats", formats, *args])
+    assert result.exit_code == 2 and result.output.startswith(f"error: {message}"), result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 def test_help_and_checkpoints_list_each_tasks_formats():
     assert FORMATS_HELP == formats_summary()
     assert formats_summary().startswith("depth, disparity: npy png16 color exr ply glb camera; normal: npy rgb exr;")

@@ -48,7 +48,7 @@ def predict_command(
 
     from ..checkpoints import default_checkpoint, resolve_checkpoint
     from ..outputs import check_writable
-    from ..predict import PredictOptions, auto_batch_size, discover_images, run_predict
+    from ..predict import PredictOptions, auto_batch_size, count_inputs, discover_images, run_predict
     from ..runtime.distributed import GlobalProgress, from_environment, rank_device
 
     dist = from_environment()  # under torchrun: this rank's share, its own device, rank 0 prints
@@ -63,7 +63,7 @@ def predict_command(
         fov=fov, depth_range=depth_range, points_stride=points_stride, mesh_res=mesh_res,
     ).validate(spec)
     # the header before torch and the model load, which take seconds
-    console.print(f"{scan.inputs} images -> {escape(str(output))}  [dim]task={spec.task} "
+    console.print(f"{count_inputs(scan.inputs - scan.clips, scan.clips)} -> {escape(str(output))}  [dim]task={spec.task} "
                   f"res={options.processing_res or 'native'} checkpoint={escape(spec.name)}[/]", highlight=False)
     check_writable(output, "--output", folder=True)  # creates it: after every check that could refuse the run
     if compile:
@@ -96,7 +96,11 @@ def predict_command(
 
 def _summary(scan, report, failed: list, pipe, elapsed: float) -> str:
     """The closing line: what was written, skipped, failed, passed over and recovered."""
-    summary = f"wrote {report.written} of {scan.inputs} images in {elapsed:.1f} s"
+    from ..predict import count_inputs
+
+    written = (report.written - report.clips_written, report.clips_written)
+    summary = (f"wrote {count_inputs(scan.inputs - scan.clips, scan.clips, written, report.frames_written)} "
+               f"in {elapsed:.1f} s")
     if report.skipped_existing:
         summary += f", {report.skipped_existing} already done"
     if failed:
