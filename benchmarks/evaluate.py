@@ -56,6 +56,7 @@ class EvalOptions:
     data_dir: str | Path | None = None
     checkpoint: str | None = None
     predictions: Path | None = None
+    predicted_by: str | None = None  # with predictions: the checkpoint that made them (not run; its paper row)
     save_predictions: Path | None = None
     limit: int | None = None
     processing_res: int | None = None  # None: the dataset's protocol default
@@ -238,7 +239,12 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None, dist=None) -> EvalResu
     metrics = scorer.compute()
     protocol = _protocol(ds, opts, space, res, spec, pipe)
     section, key = PAPER_KEYS.get(opts.dataset, (None, None))
-    label, paper, paper_note = paper_row(section, key, spec, res, "ms_flip" if opts.multi_scale_flip else "single")
+    made_by = spec
+    if spec is None and opts.predicted_by is not None:  # saved predictions: the row of the model that made them
+        from genpercept_cli.checkpoints import resolve_checkpoint
+
+        made_by = resolve_checkpoint(opts.predicted_by)
+    label, paper, paper_note = paper_row(section, key, made_by, res, "ms_flip" if opts.multi_scale_flip else "single")
     return EvalResult(
         dataset=opts.dataset, checkpoint=spec.name if spec else None, n_images=len(rows), metrics=metrics,
         protocol=protocol, rows=rows, problems=problems,
@@ -391,9 +397,9 @@ def paper_row(section: str | None, key: str | None, spec, res: int,
               tta: str = "single") -> tuple[str | None, dict | None, str | None]:
     """The paper's numbers beside this run: the row of the released model `spec` loads (by identity,
     `checkpoints.released_as`: a hub id of a registry entry is that entry, a local folder or fine-tune has no
-    row), at this processing resolution where rows differ by it; for saved predictions (`spec` None) the
-    first row of the benchmark. tta: "single" or "ms_flip"; a row with a `tta` entry only stands for runs
-    with that inference. Returns (label, metrics, None), or (None, None, why there is no row)."""
+    row), at this processing resolution where rows differ by it; for saved predictions of no named model
+    (`spec` None) the first row of the benchmark. tta: "single" or "ms_flip"; a row with a `tta` entry only
+    stands for runs with that inference. Returns (label, metrics, None), or (None, None, why there is no row)."""
     from genpercept_cli.checkpoints import released_as
 
     if section is None:

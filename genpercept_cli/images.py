@@ -168,7 +168,10 @@ def read_focal_35mm(path: str | Path) -> float | None:
     records none (or the file has no readable EXIF): a camera hint, never a reason to fail."""
     try:
         with _quiet_header(), Image.open(path) as img:  # the base method: EXIF before the pixels (see above)
-            value = Image.Image.getexif(img).get_ifd(0x8769).get(0xA405)  # Exif IFD -> FocalLengthIn35mmFilm
+            exif = Image.Image.getexif(img)
+            if not exif and img.format == "PNG":  # a PNG may keep its eXIf chunk after the pixel data
+                exif.load(_png_chunk_after_pixels(path, b"eXIf") or b"")
+            value = exif.get_ifd(0x8769).get(0xA405)  # Exif IFD -> FocalLengthIn35mmFilm
     except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError):
         return None
     try:
@@ -176,6 +179,21 @@ def read_focal_35mm(path: str | Path) -> float | None:
     except (TypeError, ValueError):
         return None
     return focal if focal > 0 else None
+
+
+def _png_chunk_after_pixels(path: str | Path, kind: bytes) -> bytes | None:
+    """The data of the first `kind` chunk of a PNG file, found by reading the chunk headers and seeking past
+    their data (Pillow reaches chunks after IDAT only by decoding the image); None when there is none."""
+    with open(path, "rb") as handle:
+        if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None
+        while len(head := handle.read(8)) == 8 and head[4:] != b"IEND":
+            length = int.from_bytes(head[:4], "big")
+            if head[4:] == kind:
+                data = handle.read(length)
+                return data if len(data) == length else None
+            handle.seek(length + 4, 1)  # the data and its CRC
+    return None
 
 
 def read_exr_channels(source: str | Path | bytes, name: str | Path | None = None) -> dict[str, np.ndarray]:

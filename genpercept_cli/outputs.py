@@ -155,14 +155,15 @@ ENCODE_PIXELS = 1 << 22
 
 
 def _encode(pred: np.ndarray, task: Task, name: str, image: np.ndarray | None, kind: str | None = None,
-            labels: str | None = None, scene=None):
+            labels: str | None = None, scene=None, whole: np.ndarray | None = None):
     """What one format's writer stores: the float32 prediction for npy/exr, uint8/uint16 for PNGs, a file's
     bytes for the 3D formats.
 
-    Per-pixel encodings (image-wide values such as a colour range are fixed by `Task.encoder` first) are
-    computed in stripes of rows with the same result; the others (`Format.per_pixel` False) at once."""
+    Per-pixel encodings (image-wide values such as a colour range are fixed by `Task.encoder` first, from
+    `whole`: by default `pred`; a clip passes values spanning all its frames) are computed in stripes of rows
+    with the same result; the others (`Format.per_pixel` False) at once."""
     fmt = task.formats[name]
-    encode = task.encoder(name, pred, kind, labels, scene)
+    encode = task.encoder(name, pred if whole is None else whole, kind, labels, scene)
     if encode is None:
         return pred
     if fmt.needs_image:

@@ -98,8 +98,23 @@ class PredictOptions:
         if self.temporal not in TEMPORAL_MODES:
             raise GenPerceptError(f"--temporal must be one of {', '.join(TEMPORAL_MODES)}.")
         scene = self.scene.validate()
+        self._check_scene_options_used(formats)
         return replace(self, formats=formats, processing_res=res, normal_flip=parse_normal_flip(self.normal_flip),
                        depth_range=None if self.depth_range is None else scene.depth_range)
+
+    def _check_scene_options_used(self, formats: tuple[str, ...]) -> None:
+        """A 3D option given without a format that reads it would be silently ignored: refuse it."""
+        used_by = (("--fov", self.fov is not None, ("ply", "glb", "camera")),
+                   ("--depth-range", self.depth_range is not None, ("ply", "glb", "camera")),
+                   ("--points-stride", self.points_stride != 1, ("ply",)),
+                   ("--mesh-res", self.mesh_res != DEFAULT_MESH_RES, ("glb",)))
+        for option, given, names in used_by:
+            if given and not set(names) & set(formats):
+                which = (f"the {names[0]} format" if len(names) == 1
+                         else f"the {', '.join(names[:-1])} and {names[-1]} formats")
+                add = "it" if len(names) == 1 else "one"
+                raise GenPerceptError(f"{option} applies to {which} only; add {add} to --formats or leave "
+                                      f"{option} out.")
 
     def validate_each(self, specs: list[CheckpointSpec]) -> list[PredictOptions]:
         """The options resolved for each model of a run (`validate`); one model: [validate(spec)].
@@ -150,7 +165,9 @@ def geometry_formats(formats) -> bool:
 
 @dataclass
 class PredictReport:
-    written: int = 0
+    written: int = 0  # inputs written: images and clips
+    clips_written: int = 0  # of which clips (each with at least one frame written)
+    frames_written: int = 0  # the frames of those clips
     skipped_existing: int = 0
     stale_removed: int = 0  # temp files of an earlier, killed run, deleted from the output folders
     failed: list[tuple[Path, str]] = field(default_factory=list)
@@ -165,6 +182,7 @@ class PredictReport:
         """The report of a data-parallel run: counts added, failures of every rank sorted by path."""
         return cls(
             written=sum(r.written for r in reports), skipped_existing=sum(r.skipped_existing for r in reports),
+            clips_written=sum(r.clips_written for r in reports), frames_written=sum(r.frames_written for r in reports),
             stale_removed=sum(r.stale_removed for r in reports), recoveries=sum(r.recoveries for r in reports),
             failed=sorted((f for r in reports for f in r.failed), key=lambda failure: str(failure[0])),
         )
@@ -187,6 +205,11 @@ class SourceScan:
         folders (each one failed input)."""
         return len(self.images) + len(self.unreadable)
 
+    @property
+    def clips(self) -> int:
+        """How many of `inputs` are videos (by suffix, unreadable ones included)."""
+        return sum(map(is_video, [image.path for image in self.images] + [path for path, _ in self.unreadable]))
+
     def notes(self) -> list[str]:
         """Summary clauses, e.g. ["3 earlier outputs skipped", "2 hidden, 1 special file not read"]."""
         notes = []
@@ -200,6 +223,21 @@ class SourceScan:
         if not_read:
             notes.append(", ".join(not_read) + " not read")
         return notes
+
+
+def count_inputs(images: int, clips: int, written: tuple[int, int] | None = None, frames: int | None = None) -> str:
+    """How the header and the summary count a run's inputs: "5 images", "2 clips", "1 image and 2 clips";
+    written (images, clips) done: "3 of 3 images and 2 of 2 clips"; frames (the clips'): " (240 frames)" after
+    the clips. Images alone read as they always have ("1 images")."""
+    done_images, done_clips = written if written is not None else (None, None)
+
+    def part(n: int, done: int | None, word: str, singular: bool = True) -> str:
+        return (f"{done} of " if done is not None else "") + f"{n} {word}" + ("" if n == 1 and singular else "s")
+
+    if not clips:
+        return part(images, done_images, "image", singular=False)
+    said = part(clips, done_clips, "clip") + ("" if frames is None else f" ({part(frames, None, 'frame')})")
+    return f"{part(images, done_images, 'image')} and {said}" if images else said
 
 
 def _is_glob(source: str) -> bool:
@@ -484,9 +522,10 @@ def run_predict(
     batch_size = opts.batch_size or min(auto_batch_size(m.pipe, m.options.processing_res) for m in models)
     report = PredictReport()
     jobs = _plan_jobs(engine, models, images, output, report, dist, batch_size)
-    if dist.active and progress is None:
+    with_images = not all(is_video(item.path) for item in images)  # clips have bars of their own: no "0/0"
+    if dist.active and not (progress and with_images):
         dist.gather(None)  # no rank writes before rank 0 has removed stale temporary files
-    task_id = progress.add_task("predict", total=len(jobs)) if progress else None
+    task_id = progress.add_task("predict", total=len(jobs)) if progress and with_images else None
     chosen = [get_task(m.pipe.task).formats[name] for m in models for name in m.options.formats]
     keep_image = any(fmt.needs_image for fmt in chosen)  # cut-out, 3D files: full-res pixels
     in_3d = any(not fmt.per_pixel for fmt in chosen)

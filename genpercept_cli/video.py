@@ -96,10 +96,10 @@ def _open(path: Path):
         raise VideoReadError(f"{path}: holds no video stream.")
     stream = container.streams.video[0]
     codec = stream.codec_context
-    if codec is None or not _can_decode(stream):
-        name = getattr(codec, "name", None) or "unknown"
+    if codec is None or not _can_decode(stream):  # PyAV gives no context (nor name) where FFmpeg has no decoder
+        which = f"video codec ({codec.name})" if getattr(codec, "name", None) else "video codec"
         container.close()
-        raise VideoReadError(f"{path}: its video codec ({name}) cannot be decoded by this FFmpeg build.")
+        raise VideoReadError(f"{path}: its {which} is not one this FFmpeg build can decode.")
     stream.thread_type = "AUTO"
     return container, stream
 
@@ -189,6 +189,8 @@ def read_frames(path: Path, frames: FrameRange):
             if frames.max_frames and taken >= frames.max_frames:
                 break
     except av.FFmpegError as exc:
+        if not taken:  # e.g. damaged codec data (the stream's extradata): not even the first frame
+            raise VideoReadError(f"{path}: no frame can be decoded ({_reason(exc)}).") from None
         raise VideoReadError(f"{path}: frames from {taken} on cannot be decoded ({_reason(exc)}).") from None
     finally:
         container.close()
@@ -435,8 +437,8 @@ ALIGNED_KINDS = ("affine_depth", "affine_disparity")  # what temporal alignment 
 def predict_clips(pipe, clips: list, output: Path, opts, report, batch_size: int, dist=None, progress=None,
                   models=None, **run_options) -> None:
     """Predict every clip (`predict.InputImage`s of videos) and write its files under `output`, filling
-    `report` (`predict.PredictReport`): a clip written counts once; a clip that failed, or was kept only up
-    to a damaged frame, adds one line to `report.failed`. `opts`: resolved `predict.PredictOptions`;
+    `report` (`predict.PredictReport`): a clip written counts once, and its frames; a clip that failed, or was
+    kept only up to a damaged frame, adds one line to `report.failed`. `opts`: resolved `predict.PredictOptions`;
     `run_options`: passed to the runner (workers, overlap, after_batch, clock); `progress`: the run's
     progress bar (`predict.run_predict`'s), which gets one task per clip counting its frames.
     models: the `predict.ModelOutputs` of a several-model run, `pipe` their `predict.ModelSet`: each clip is
@@ -464,6 +466,8 @@ def predict_clips(pipe, clips: list, output: Path, opts, report, batch_size: int
             kept, problem = 0, str(exc)
         if dist.is_main:
             report.written += kept > 0
+            report.clips_written += kept > 0
+            report.frames_written += kept
             if problem:
                 report.failed.append((clip.path, problem))
 
@@ -563,15 +567,30 @@ def _identity(pipe, path: Path, opts, info: ClipInfo) -> bytes:
                  device, opts.processing_res, opts.frame_range, info.frames, info.size)).encode()
 
 
+def _clip_range(raw: RawFrames, count: int) -> np.ndarray:
+    """float32 [2]: the (min, max) of the finite values of the first `count` frames of `raw`, read one at a
+    time; [0, 0] when there is none (as `colormap.finite_range` has it for one image)."""
+    low, high = np.inf, -np.inf
+    for t in range(count):
+        frame = raw[t]
+        finite = frame[np.isfinite(frame)]
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    return np.array([low, high] if low <= high else [0.0, 0.0], np.float32)
+
+
 def _publish(raw: RawFrames, count: int, stem: Path, pipe, opts, rate: Fraction, temporal: bool) -> None:
     """Encode the first `count` predictions of `raw` frame by frame into every format's file, aligned over
     time first where `temporal`; every file appears complete or not at all."""
     from .outputs import _encode
     from .tasks import get_task
+    from .tasks.depth import METRIC
     from .temporal import ClipAlignment
 
     task = get_task(pipe.task)
     align = ClipAlignment.fit(raw[t] for t in range(count)) if temporal else None
+    # metric depth keeps its metres: one clip-wide colour range, so a colour is the same distance in every frame
+    whole = _clip_range(raw, count) if pipe.spec.kind == METRIC else None
     writers = []
     for path, name in zip(output_files(stem, pipe.task, opts.formats), opts.formats):
         kind = _kind_of(pipe.task, name)
@@ -584,7 +603,7 @@ def _publish(raw: RawFrames, count: int, stem: Path, pipe, opts, rate: Fraction,
             if opts.normal_flip:
                 frame = task.flip(frame, opts.normal_flip)
             for name, writer in writers:
-                writer.add(_encode(frame, task, name, None, pipe.spec.kind, pipe.spec.labels))
+                writer.add(_encode(frame, task, name, None, pipe.spec.kind, pipe.spec.labels, whole=whole))
         for _, writer in writers:
             writer.commit()
     except BaseException:

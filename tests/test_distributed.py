@@ -184,4 +184,4 @@ def test_predict_clip_two_processes_split_the_frames_and_write_what_one_writes(t
     one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert sorted(one) == ["clip_colored.mp4", "clip_pred.npy", *(f"clip_pred/{t:06d}_pred.png" for t in range(9))]
     assert one == two  # aligned over the whole clip from the frames both ranks predicted
-    assert out.count("wrote 1 of 1 images") == 1
+    assert out.count("wrote 1 of 1 clip (9 frames)") == 1  # one summary, from rank 0, frames counted once

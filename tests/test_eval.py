@@ -304,9 +304,11 @@ def test_default_csv_beside_the_output_is_checked_too(tmp_path, no_evaluation):
 
 @pytest.mark.parametrize("dataset, space, warning", [
     ("nyu", "auto", "--checkpoint disparity is not run with --predictions; it only says that the files hold "
-                    "disparity, so they are aligned in disparity space."),
-    ("nyu", "depth", "--checkpoint disparity is ignored with --predictions (--space depth says what the files hold)."),
-    ("nyu-normal", "auto", "--checkpoint disparity is ignored with --predictions (the files are scored as they are)."),
+                    "disparity, so they are aligned in disparity space, and picks the paper row."),
+    ("nyu", "depth", "--checkpoint disparity is not run with --predictions; it only picks the paper row (--space "
+                     "depth says what the files hold)."),
+    ("nyu-normal", "auto", "--checkpoint disparity is not run with --predictions; it only picks the paper row (the "
+                           "files are scored as they are)."),
 ])
 def test_checkpoint_with_predictions_warns_it_is_not_run(tmp_path, monkeypatch, dataset, space, warning):
     import benchmarks.evaluate
@@ -322,13 +324,34 @@ def test_checkpoint_with_predictions_warns_it_is_not_run(tmp_path, monkeypatch, 
                       "--space", space)
     assert result.exit_code == 2 and "stopped before scoring" in result.output
     assert f"warning: {warning}" in result.output
-    assert seen["opts"].checkpoint is None  # the model is never loaded
+    assert seen["opts"].checkpoint is None and seen["opts"].predicted_by == "disparity"  # never loaded: its paper row
     assert seen["opts"].space == ("disparity" if space == "auto" and dataset == "nyu" else space)
 
 
-def test_warnings_print_names_as_written(tmp_path):
-    result = run_eval("-d", "nyu-normal", "--data-dir", tmp_path, "--predictions", tmp_path, "-c", "my[red]model")
-    assert "warning: --checkpoint my[red]model is ignored with --predictions" in result.output
+def test_warnings_print_names_as_written(tmp_path, checkpoint_root):
+    (tmp_path / "my[red]model").symlink_to(checkpoint_root / "unet_normal_v2")
+    result = run_eval("-d", "nyu-normal", "--data-dir", tmp_path, "--predictions", tmp_path, "-c",
+                      tmp_path / "my[red]model")
+    assert f"warning: --checkpoint {tmp_path}/my[red]model is not run with --predictions" in result.output
+
+
+@pytest.mark.parametrize("checkpoint, label, row", [
+    ("disparity", "GenPercept (disparity)", {"absrel": 0.058, "delta1": 0.969}),  # not the benchmark's first row
+    ("guangkaixu/genpercept-models/unet_disparity_v2", "GenPercept (disparity)", {"absrel": 0.058, "delta1": 0.969}),
+])
+def test_predictions_with_a_checkpoint_show_that_releases_paper_row(nyu_root, tmp_path, checkpoint, label, row):
+    ds = get_dataset("nyu", nyu_root, limit=1)
+    write_preds(tmp_path / "pred", ds, lambda s: s.gt)
+    result = run_eval("-d", "nyu", "--data-dir", nyu_root, "--predictions", tmp_path / "pred", "--limit", 1,
+                      "--space", "depth", "-c", checkpoint, "-o", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["paper"] == {"label": label, "metrics": row} and report["checkpoint"] is None
+
+
+def test_predictions_with_a_checkpoint_that_does_not_resolve_are_refused_before_reading(tmp_path):
+    result = run_eval("-d", "nyu-normal", "--data-dir", tmp_path, "--predictions", tmp_path, "-c", "no-such-model")
+    assert result.exit_code == 2 and result.output.startswith("error: no checkpoint 'no-such-model'")
 
 
 def test_normal_flip_on_a_depth_benchmark_warns_it_is_ignored(nyu_root, tmp_path):

@@ -146,6 +146,27 @@ def test_camera_from_exif_focal_length_else_the_default_fov(tmp_path, checkpoint
     assert _camera(out, "exif")["fov_source"] == "--fov" and _camera(out, "exif")["hfov_deg"] == pytest.approx(70)
 
 
+def _exif_chunk_after_the_pixels(png):
+    """`png` with its eXIf chunk (length, type, data, CRC) moved from before IDAT to just before IEND."""
+    data = png.read_bytes()
+    at = data.index(b"eXIf") - 4
+    chunk = data[at : at + 12 + int.from_bytes(data[at : at + 4], "big")]
+    data = data.replace(chunk, b"")
+    end = data.index(b"IEND") - 4
+    png.write_bytes(data[:end] + chunk + data[end:])
+    assert png.read_bytes().index(b"eXIf") > png.read_bytes().index(b"IDAT")
+    return png
+
+
+def test_camera_from_a_png_exif_chunk_after_the_pixels(tmp_path, checkpoint_root):
+    png = _exif_chunk_after_the_pixels(_photo(tmp_path / "in", "exif.png", focal_35mm=28))  # Pillow writes it before
+    out = tmp_path / "out"
+    _predict(png, "-c", checkpoint_root / "unet_depth_v2", "-o", out, "--processing-res", "32", "--formats", "camera")
+    camera = _camera(out, "exif")
+    assert camera["fov_source"] == "exif"
+    assert camera["fx"] == pytest.approx(28 / math.hypot(36, 24) * math.hypot(W, H))
+
+
 # -- GLB --------------------------------------------------------------------------------------------
 def test_glb_loads_with_at_most_mesh_res_vertices_on_the_long_side(tmp_path, checkpoint_root):
     photo = _photo(tmp_path / "in", "img.png")
@@ -200,6 +221,23 @@ def test_bad_3d_options_exit_2_before_any_work(tmp_path, checkpoint_root, args, 
                                  "-o", str(tmp_path / "o"), "--formats", "ply,glb", *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("formats, args, message", [
+    ("npy,color", ["--fov", "60"], "--fov applies to the ply, glb and camera formats only; add one to --formats or "
+                                   "leave --fov out."),
+    ("npy", ["--depth-range", "2,50"], "--depth-range applies to the ply, glb and camera formats only;"),
+    ("glb,camera", ["--points-stride", "2"], "--points-stride applies to the ply format only; add it to --formats or "
+                                             "leave --points-stride out."),
+    ("ply", ["--mesh-res", "9"], "--mesh-res applies to the glb format only;"),
+])
+def test_3d_options_without_a_format_that_reads_them_exit_2_before_any_work(tmp_path, checkpoint_root, formats, args,
+                                                                             message):
+    photo = _photo(tmp_path / "in", "img.png")
+    result = runner.invoke(app, ["predict", str(photo), "-c", str(checkpoint_root / "unet_depth_v2"),
+                                 "-o", str(tmp_path / "o"), "--formats", formats, *args])
+    assert result.exit_code == 2 and result.output.startswith(f"error: {message}"), result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
 def test_help_and_checkpoints_list_each_tasks_formats():

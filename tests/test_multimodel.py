@@ -169,7 +169,7 @@ def test_two_models_under_torchrun_write_what_one_process_writes(source, tmp_pat
     assert code == 0, out
     one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert len(one) == 3 * 4 + 2 + 5 + 1 and one == two  # images: 2 models x 2 files; clip: npy x 2, frames, mp4
-    assert "ranks=2" in out and out.count("wrote 4 of 4 images") == 1
+    assert "ranks=2" in out and out.count("wrote 3 of 3 images and 1 of 1 clip (5 frames)") == 1
 
 
 @pytest.mark.parametrize("options,message", [

@@ -214,16 +214,43 @@ def _no_video_stream(path: Path) -> Path:
     return path
 
 
+def _patched(clip: Path, old: bytes, new: bytes, count: int = -1) -> Path:
+    data = clip.read_bytes()
+    assert old in data
+    clip.write_bytes(data.replace(old, new, count))
+    return clip
+
+
+def _damaged_codec_data(clip: Path) -> Path:
+    """`clip` (H.264 mp4) with the body of its avcC box (the decoder's SPS/PPS, FFmpeg's extradata) zeroed."""
+    data = bytearray(clip.read_bytes())
+    at = data.index(b"avcC")
+    size = int.from_bytes(data[at - 4 : at], "big")
+    data[at + 4 : at - 4 + size] = bytes(size - 8)
+    clip.write_bytes(bytes(data))
+    return clip
+
+
 @pytest.mark.parametrize("case,args,message", [
     ("not_a_video", [], "x.mp4: cannot be read as a video"),
     ("audio_only", [], "x.mkv: holds no video stream."),
     ("empty_range", ["--start", "5"], "x.mp4: holds no video frames between --start and --end."),
     ("zero_frames", [], "x.mkv: holds no video frames."),
+    # EVC (MPEG-5) has an mp4 tag FFmpeg knows and no decoder in PyAV's wheel; an unknown Matroska codec id
+    ("no_decoder", [], "x.mp4: its video codec is not one this FFmpeg build can decode."),
+    ("unknown_codec", [], "x.mkv: its video codec is not one this FFmpeg build can decode."),
+    ("damaged_codec_data", [], "x.mp4: no frame can be decoded (Invalid data found when processing input)."),
 ])
 def test_unreadable_clips_write_nothing_and_fail_the_run(tmp_path, checkpoint_root, case, args, message):
     src = tmp_path / "src"
     src.mkdir()
-    if case == "not_a_video":
+    if case == "no_decoder":
+        _patched(write_clip(src / "x.mp4"), b"avc1", b"evc1")
+    elif case == "unknown_codec":
+        _patched(write_clip(src / "x.mkv"), b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/ZZZ")
+    elif case == "damaged_codec_data":
+        _damaged_codec_data(write_clip(src / "x.mp4"))
+    elif case == "not_a_video":
         (src / "x.mp4").write_bytes(b"\0" * 64 + b"not a video" * 30)
     elif case == "audio_only":
         _no_video_stream(src / "x.mkv")
@@ -238,6 +265,7 @@ def test_unreadable_clips_write_nothing_and_fail_the_run(tmp_path, checkpoint_ro
     out = tmp_path / "out"
     result = _predict(src, "-c", checkpoint_root / "unet_depth_v2", "-o", out, "--processing-res", "32", *args)
     assert result.exit_code == 1 and message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
     assert sorted(p.name for p in out.iterdir()) == ["still_colored.png", "still_pred.npy", "still_pred.png"]
 
 
@@ -246,6 +274,26 @@ def test_a_clip_has_its_own_progress_count_of_frames(tmp_path, checkpoint_root):
     result = _predict(clip, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out", "--processing-res", "32")
     assert result.exit_code == 0, result.output
     assert re.search(r"clip\.mp4 .*5/5 +100%", result.output), result.output
+    assert "0/0" not in result.output  # no bar of images when there are none
+    assert result.output.startswith("1 clip -> ")
+    assert re.search(r"^wrote 1 of 1 clip \(5 frames\) in [0-9.]+ s$", result.output, re.M), result.output
+
+
+def test_the_header_and_summary_count_images_clips_and_frames(tmp_path, checkpoint_root):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_clip(src / "a.mp4", frames=3)
+    write_clip(src / "b.mkv", frames=5)
+    (src / "c.mp4").write_bytes(b"not a video" * 30)
+    for name in ("x.png", "y.png"):
+        Image.fromarray(_frame(0, 32, 48)).save(src / name)
+    result = _predict(src, "-c", checkpoint_root / "unet_depth_v2", "-o", tmp_path / "out", "--processing-res", "32",
+                      "--frame-stride", "2")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("2 images and 3 clips -> ")
+    assert re.search(r"predict .*2/2 +100%", result.output), result.output  # the images' bar counts images
+    assert re.search(r"^wrote 2 of 2 images and 2 of 3 clips \(5 frames\) in [0-9.]+ s, 1 failed", result.output,
+                     re.M), result.output  # frames 0, 2 of a.mp4 and 0, 2, 4 of b.mkv
 
 
 @pytest.mark.parametrize("formats", ["npy,exr", "npy,ply", "npy,glb,camera"])
@@ -331,3 +379,26 @@ def test_under_torchrun_a_rank_predicts_its_contiguous_whole_batches_and_rank_0_
     assert [p.name for p in (tmp_path / "out").iterdir()] == [raw.name]  # rank 0 publishes and removes it
     done = raw.read_bytes()[-(9 * 32 * 48 * 4) - 9 : -(9 * 32 * 48 * 4)]
     assert done == bytes(6) + b"\1" * 3  # frames 6, 7, 8 written by this rank
+
+
+def test_metric_depth_colour_video_spans_one_clip_wide_range(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from genpercept_cli import video
+    from genpercept_cli.colormap import colorize_metric_depth
+
+    frames = [np.array([[1.0, 2.0], [1.5, np.nan]], np.float32), np.array([[2.0, 4.0], [3.0, 2.5]], np.float32)]
+    raw = video.RawFrames(tmp_path / ".raw", (2, 2, 2), b"test")
+    for t, frame in enumerate(frames):
+        raw[t] = frame
+    pipe = SimpleNamespace(task="depth", spec=SimpleNamespace(kind="metric_depth", labels=None))
+    opts = SimpleNamespace(formats=("npy", "color"), normal_flip="")
+    encoded, add = [], video.Mp4Stream.add
+    monkeypatch.setattr(video.Mp4Stream, "add", lambda self, array: encoded.append(array) or add(self, array))
+    video._publish(raw, 2, tmp_path / "clip", pipe, opts, Fraction(10), temporal=False)
+    raw.close()
+    np.testing.assert_array_equal(np.load(tmp_path / "clip_pred.npy"), np.stack(frames))  # metres as predicted
+    for frame, colours in zip(frames, encoded):  # 1 m (the clip's nearest) .. 4 m (its farthest) in every frame
+        np.testing.assert_array_equal(colours, colorize_metric_depth(frame, 1.0, 4.0))
+    np.testing.assert_array_equal(encoded[0][0, 1], encoded[1][0, 0])  # 2 m: one colour in both frames
+    assert len(_decoded(tmp_path / "clip_colored.mp4")) == 3

@@ -83,12 +83,15 @@ def eval_command(
         if checkpoint is None:
             checkpoint = getattr(DATASETS[dataset], "default_checkpoint", "") or default_checkpoint(task)
         resolve_checkpoint(checkpoint)
+    elif checkpoint is not None:  # names the model that made the files (its paper row): refused now if it is none
+        resolve_checkpoint(checkpoint)
     # a first line before torch, the data and the model load (seconds)
     source = f"checkpoint {checkpoint}" if predictions is None else f"the predictions in {predictions}"
     console.print(f"eval {dataset}: {escape(source)}" + (f" (first {limit} samples)" if limit else ""), highlight=False)
     opts = EvalOptions(
         dataset=dataset, data_dir=data_dir, checkpoint=checkpoint if predictions is None else None,
-        predictions=predictions, save_predictions=save_predictions, limit=limit, processing_res=processing_res,
+        predictions=predictions, predicted_by=checkpoint if predictions is not None else None,
+        save_predictions=save_predictions, limit=limit, processing_res=processing_res,
         space=space if predictions is None or checkpoint is None else _space_of(checkpoint, space, task),
         eth3d_subsample=eth3d_subsample, normal_mode=normal_mode, normal_flip=normal_flip,
         seg_convention=seg_convention, multi_scale_flip=multi_scale_flip, with_hce=hce, hce_variant=hce_variant, device=rank_device(device, dist),
@@ -118,12 +121,12 @@ def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _space_of(checkpoint: str, space: str, task: str) -> str:
-    """With --predictions, --checkpoint is not run: it only says what depth files mean (depth or
-    disparity). Warns that it is not run, or that it is ignored when it says nothing."""
+    """With --predictions, --checkpoint is not run: it names the model that made the files, so it picks the
+    paper row and says what depth files mean (depth or disparity). Warns that it is not run."""
     if task != "depth" or space != "auto":
         reason = "the files are scored as they are" if task != "depth" else f"--space {space} says what the files hold"
-        console.print(f"[yellow]warning:[/] --checkpoint {escape(checkpoint)} is ignored with --predictions ({reason}).",
-                      highlight=False)
+        console.print(f"[yellow]warning:[/] --checkpoint {escape(checkpoint)} is not run with --predictions; it only "
+                      f"picks the paper row ({reason}).", highlight=False)
         return space
     from benchmarks.evaluate import space_for
 
@@ -133,7 +136,7 @@ def _space_of(checkpoint: str, space: str, task: str) -> str:
     held = "metric depth, so they are scored without alignment" if space == "metric" else (
         f"{space}, so they are aligned in {space} space")
     console.print(f"[yellow]warning:[/] --checkpoint {escape(checkpoint)} is not run with --predictions; it only says "
-                  f"that the files hold {held}.", highlight=False)
+                  f"that the files hold {held}, and picks the paper row.", highlight=False)
     return space
 
 

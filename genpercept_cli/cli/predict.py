@@ -47,7 +47,7 @@ def predict_command(
     from dataclasses import replace
 
     from ..outputs import check_writable
-    from ..predict import PredictOptions, auto_batch_size, discover_images, model_labels, run_predict
+    from ..predict import PredictOptions, auto_batch_size, count_inputs, discover_images, model_labels, run_predict
     from ..runtime.distributed import GlobalProgress, from_environment, rank_device
 
     dist = from_environment()  # under torchrun: this rank's share, its own device, rank 0 prints
@@ -66,7 +66,8 @@ def predict_command(
     # the header before torch and the model load, which take seconds
     models = "  ".join(f"task={spec.task} res={one.processing_res or 'native'} checkpoint={escape(spec.name)}"
                        for spec, one in zip(specs, options, strict=True))
-    console.print(f"{scan.inputs} images -> {escape(str(output))}  [dim]{models}[/]", highlight=False)
+    console.print(f"{count_inputs(scan.inputs - scan.clips, scan.clips)} -> {escape(str(output))}  [dim]{models}[/]",
+                  highlight=False)
     check_writable(output, "--output", folder=True)  # creates it: after every check that could refuse the run
     if compile:
         console.print(COMPILE_NOTE, highlight=False)
@@ -123,7 +124,11 @@ def _checkpoints(checkpoints: list[str], task: str | None) -> list:
 
 def _summary(scan, report, failed: list, pipe, elapsed: float) -> str:
     """The closing line: what was written, skipped, failed, passed over and recovered."""
-    summary = f"wrote {report.written} of {scan.inputs} images in {elapsed:.1f} s"
+    from ..predict import count_inputs
+
+    written = (report.written - report.clips_written, report.clips_written)
+    summary = (f"wrote {count_inputs(scan.inputs - scan.clips, scan.clips, written, report.frames_written)} "
+               f"in {elapsed:.1f} s")
     if report.skipped_existing:
         summary += f", {report.skipped_existing} already done"
     if failed:
