@@ -268,7 +268,7 @@ class Demo:
             picture = output_paths(stem, spec.task, (preview,))[0] if preview else None
             mesh = next((p for p in files if p.suffix == ".glb"), None)
             message = f"{item.path.name}: {spec.task} by {name} in {seconds:.2f} s" + (
-                f" (model loaded in {loaded:.1f} s)" if loaded else "") + (
+                f" (model loaded in {loaded:.1f} s)" if loaded >= 0.05 else "") + (
                 f", {len(paths)} images in one run" if len(paths) > 1 else "") + "."
             results.append(Result(message, item.path, picture, files, mesh, seconds=seconds))
         return results
@@ -333,7 +333,7 @@ class Demo:
         outputs = output_files(folder / item.rel_stem, spec.task, formats)
         video = next((p for p in outputs if p.suffix == ".mp4"), None)
         message = f"{path.name}: {spec.task} by {name} in {seconds:.2f} s" + (
-            f" (model loaded in {loaded:.1f} s)" if loaded else "") + "."
+            f" (model loaded in {loaded:.1f} s)" if loaded >= 0.05 else "") + "."
         return Result(message, files=[p for p in outputs if p.is_file()], video=video, seconds=seconds)
 
 
