@@ -165,3 +165,23 @@ def test_command_without_gradio_names_the_extra(monkeypatch):
 def test_command_refuses_bad_options_before_serving(args, message):
     result = runner.invoke(app, ["demo", *args])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_video_tab_writes_predicts_clip_files_and_the_image_tab_the_glb(tmp_path, checkpoint_root, depth_pipe):
+    from test_video import write_clip
+
+    folder = str(checkpoint_root / "unet_depth_v2")
+    root = tmp_path / "page"
+    demo = Demo(DemoModels([folder]), root, DemoLimits(max_frames=3), device="cpu", dtype="fp32",
+                cache=ModelCache(lambda spec, device, dtype: depth_pipe))
+    (root / "up").mkdir(parents=True)
+    write_clip(root / "up" / "clip.mp4", frames=5)
+    result = demo.predict_video(root / "up" / "clip.mp4", folder, 64)
+    assert result.message.startswith("clip.mp4: depth by"), result.message
+    assert [p.name for p in result.files] == ["clip_pred.npy", "clip_colored.mp4"]
+    assert result.video == result.files[1] and np.load(result.files[0]).shape == (3, 32, 48)  # --max-frames 3
+    assert demo.predict_video(_photo(root / "up" / "a.png"), folder, 64).message.startswith("a.png is not a video")
+
+    image = demo.predict_images([root / "up" / "a.png"], [folder], [64], [("npy", "glb")])[0]
+    assert [p.name for p in image.files] == ["a_pred.npy", "a_mesh.glb", "a_camera.json"]  # camera comes with glb
+    assert image.mesh == image.files[1] and image.mesh.read_bytes()[:4] == b"glTF"
