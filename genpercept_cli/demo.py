@@ -361,6 +361,11 @@ computer. Upload a picture (or pick an example), choose a model, press **Predict
 input with the result; the files are those `genpercept predict` writes for the image."""
 
 
+def _markdown_text(message: str) -> str:
+    """`message` shown as it is by a Markdown component (file names may hold `*`, `_`, `[`, ...)."""
+    return "".join("\\" + c if c in "\\`*_{}[]()#+-.!<>|~" else c for c in message)
+
+
 def build_app(demo: Demo, examples: list[Path] = ()):
     """The page as a `gr.Blocks` (not served: `launch` it). Three tabs: Image (slider, downloads, the glb in a
     3D viewer), Compare (2-3 models side by side, each one's time), Video (the coloured clip). Every event
@@ -383,7 +388,7 @@ def build_app(demo: Demo, examples: list[Path] = ()):
     def image_batch(uploads, names, resolutions, formats):
         results = demo.predict_images(uploads, names, resolutions, formats)
         return (
-            [r.message for r in results],
+            [_markdown_text(r.message) for r in results],
             [(read_rgb(r.image), str(r.picture)) if r.picture else None for r in results],
             [[str(p) for p in r.files] or None for r in results],
             [str(r.mesh) if r.mesh else None for r in results],
@@ -391,11 +396,12 @@ def build_app(demo: Demo, examples: list[Path] = ()):
 
     def compare(upload, names, res):
         shown, message = demo.compare(upload, names or [], res)
-        return [(str(path), caption) for path, caption in shown], message
+        return [(str(path), caption) for path, caption in shown], _markdown_text(message)
 
     def video(upload, name, res):
         result = demo.predict_video(upload, name, res)
-        return result.message, str(result.video) if result.video else None, [str(p) for p in result.files] or None
+        files = [str(p) for p in result.files] or None
+        return _markdown_text(result.message), str(result.video) if result.video else None, files
 
     default = models.spec(models.default)
     first_formats, first_res = list(get_task(default.task).formats), default.processing_res
@@ -417,7 +423,7 @@ def build_app(demo: Demo, examples: list[Path] = ()):
                     status = gr.Markdown(elem_id="image-status")
                     slider = gr.ImageSlider(label="Input | result", type="filepath", elem_id="image-slider")
                     files = gr.File(label="Files (as genpercept predict writes them)", file_count="multiple",
-                                    elem_id="image-files")
+                                    interactive=False, elem_id="image-files")
                     mesh = gr.Model3D(label="3D mesh (tick glb; depth and disparity models)", elem_id="image-mesh")
             model.change(task_controls, model, [formats, res])
             run.click(image_batch, [upload, model, res, formats], [status, slider, files, mesh], batch=True,
@@ -451,7 +457,7 @@ def build_app(demo: Demo, examples: list[Path] = ()):
                 with gr.Column():
                     status_v = gr.Markdown(elem_id="video-status")
                     clip = gr.Video(label="Result", elem_id="video-result")
-                    files_v = gr.File(label="Files", file_count="multiple", elem_id="video-files")
+                    files_v = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="video-files")
             model_v.change(lambda name: models.spec(name).processing_res, model_v, res_v)
             run_v.click(video, [upload_v, model_v, res_v], [status_v, clip, files_v], concurrency_id="model")
     return app

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -186,13 +187,21 @@ def test_upload_predict_download_equals_predict_then_switch_model(served, browse
 
 def test_a_text_file_gets_one_sentence_and_no_files(served, browser, tmp_path):
     url = served[0]
-    notes = tmp_path / "notes.txt"
+    notes = tmp_path / "_notes_.txt"  # shown as named, not read as Markdown (italic "notes")
     notes.write_text("not an image\n")
     _open(browser, url)
-    status = _predict(browser, notes, "notes.txt")
-    assert status == "notes.txt: not an image file PIL can read."
+    status = _predict(browser, notes, "notes")
+    assert status == "_notes_.txt: not an image file PIL can read."
     assert "Traceback" not in browser.page_source
     assert _file_names(browser, "#image-files") == []
+
+
+def test_the_server_serves_no_file_outside_its_results(served):
+    url, (depth, _), _, _ = served
+    for path in (depth / "config.json", Path("/etc/passwd")):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}gradio_api/file={path}")
+        assert refused.value.code == 403
 
 
 def test_two_sessions_at_once_both_get_their_results(served, browser, tmp_path):
