@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -40,18 +41,24 @@ def served(tmp_path_factory):
     root = write_checkpoint_root(tmp_path_factory.mktemp("ck"), tasks=("depth", "normal"))
     depth, normal = root / "unet_depth_v2", root / "unet_normal_v2"
     port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"  # a file, not a pipe: a full pipe would block the server
+    sink = log.open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "genpercept_cli", "demo", "-c", str(depth), "-c", str(normal), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+        stdout=sink, stderr=subprocess.STDOUT, env=ENV,
     )
-    line = server.stdout.readline()  # the command prints its address once the page is served
-    assert line.startswith("genpercept demo: http://127.0.0.1:"), line + server.stdout.read()
-    temp = Path(line.split("files in ")[1].split(",")[0])
+    deadline = time.monotonic() + TIMEOUT
+    while not (lines := [x for x in log.read_text().splitlines() if x.startswith("genpercept demo: http")]):
+        assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)  # polling the log for the line the command prints once the page is served
+    assert lines[0].startswith(f"genpercept demo: http://127.0.0.1:{port}/"), lines
+    temp = Path(lines[0].split("files in ")[1].split(",")[0])
     assert temp.is_dir()
     yield f"http://127.0.0.1:{port}/", (depth, normal), temp, server
     if server.poll() is None:  # a test failed before the one that stops it
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+    sink.close()
 
 
 def _browser():

@@ -27,8 +27,6 @@ def demo_command(
 
     from ..errors import GenPerceptError
 
-    if importlib.util.find_spec("gradio") is None:
-        raise GenPerceptError(DEMO_EXTRA)
     if not 0 < port < 65536:
         raise GenPerceptError("--port must be between 1 and 65535.")
     if models_kept < 1:
@@ -37,6 +35,8 @@ def demo_command(
 
     limits = DemoLimits(max_upload_mb, max_megapixels, max_frames, batch_size).validate()
     models = DemoModels(checkpoint)  # a bad -c stops here, before anything is served
+    if importlib.util.find_spec("gradio") is None:  # after the checks, which need no Gradio (nor its tests)
+        raise GenPerceptError(DEMO_EXTRA)
     _serve(models, limits, host, port, share, device, dtype, models_kept)
 
 
