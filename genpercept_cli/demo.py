@@ -35,6 +35,7 @@ from .predict import InputImage, PredictOptions
 from .video import VIDEO_SUFFIXES, is_video
 
 MAX_COMPARE = 3  # models side by side on the Compare tab
+KEEP_SECONDS = 3600  # a request's files (and Gradio's copies of them) are kept this long, then removed
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "photos"  # a source checkout's photos
 
 
@@ -211,7 +212,15 @@ class Demo:
         self.log = print  # where a bug's traceback goes (the server's console), never to the page
 
     def _folder(self) -> Path:
-        folder = self.root / "requests" / uuid.uuid4().hex[:12]
+        """A new request's output folder; those of requests older than `KEEP_SECONDS` are removed first, so a
+        page left running for days does not fill the disk (Gradio's copies age out alike: `delete_cache`)."""
+        requests = self.root / "requests"
+        if requests.is_dir():
+            oldest = time.time() - KEEP_SECONDS
+            for old in requests.iterdir():
+                if old.stat().st_mtime < oldest:
+                    shutil.rmtree(old, ignore_errors=True)
+        folder = requests / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True)
         return folder
 
@@ -406,7 +415,7 @@ def build_app(demo: Demo, examples: list[Path] = ()):
     default = models.spec(models.default)
     first_formats, first_res = list(get_task(default.task).formats), default.processing_res
     resolution_label = "Processing resolution (the long side the model sees; 0 = native)"
-    with gr.Blocks(title="genpercept demo", delete_cache=(3600, 3600)) as app:
+    with gr.Blocks(title="genpercept demo", delete_cache=(KEEP_SECONDS, KEEP_SECONDS)) as app:
         gr.Markdown(INTRO)
         with gr.Tab("Image"):
             with gr.Row():

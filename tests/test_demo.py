@@ -185,3 +185,19 @@ def test_video_tab_writes_predicts_clip_files_and_the_image_tab_the_glb(tmp_path
     image = demo.predict_images([root / "up" / "a.png"], [folder], [64], [("npy", "glb")])[0]
     assert [p.name for p in image.files] == ["a_pred.npy", "a_mesh.glb", "a_camera.json"]  # camera comes with glb
     assert image.mesh == image.files[1] and image.mesh.read_bytes()[:4] == b"glTF"
+
+
+def test_request_folders_older_than_an_hour_are_removed(tmp_path):
+    import os
+    import time
+
+    from genpercept_cli.demo import KEEP_SECONDS
+
+    root = tmp_path / "page"
+    demo = Demo(DemoModels(), root, device="cpu", dtype="fp32")
+    old, recent = demo._folder(), demo._folder()
+    (old / "a_pred.npy").write_bytes(b"x")
+    stale = time.time() - KEEP_SECONDS - 10
+    os.utime(old, (stale, stale))
+    new = demo._folder()
+    assert not old.exists() and recent.is_dir() and new.is_dir()
