@@ -161,6 +161,8 @@ def test_command_without_gradio_names_the_extra(monkeypatch):
     (["--port", "0"], "--port must be between 1 and 65535."),
     (["--max-megapixels", "0"], "--max-megapixels must be positive."),
     (["-c", "./missing-folder"], "folder ./missing-folder does not exist"),
+    (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_command_refuses_bad_options_before_serving(args, message):
     result = runner.invoke(app, ["demo", *args])

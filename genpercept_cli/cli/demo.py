@@ -35,6 +35,11 @@ def demo_command(
 
     limits = DemoLimits(max_upload_mb, max_megapixels, max_frames, batch_size).validate()
     models = DemoModels(checkpoint)  # a bad -c stops here, before anything is served
+    from ..runtime.device import resolve_device, resolve_dtype
+
+    resolved = resolve_device(device)
+    resolve_dtype(dtype, resolved)  # a bad name is refused now, not on the page
+    device = str(resolved)
     if importlib.util.find_spec("gradio") is None:  # after the checks, which need no Gradio (nor its tests)
         raise GenPerceptError(DEMO_EXTRA)
     _serve(models, limits, host, port, share, device, dtype, models_kept)
@@ -51,9 +56,7 @@ def _serve(models, limits, host: str, port: int, share: bool, device: str, dtype
     from rich.markup import escape
 
     from ..errors import GenPerceptError
-    from ..runtime.device import resolve_device
 
-    device = str(resolve_device(device))
     root = Path(tempfile.mkdtemp(prefix="genpercept-demo-"))
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # uploads and Gradio's copies: inside our folder
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local page calls no one
