@@ -227,11 +227,16 @@ class Demo:
     def _options(self, name: str, processing_res, formats) -> tuple[CheckpointSpec, PredictOptions]:
         """The model and `predict`'s options for a request (raises GenPerceptError for a bad one)."""
         spec = self.models.spec(name)
-        res = None if processing_res in (None, "") else processing_res
-        if res is not None and (float(res) != int(float(res))):
-            raise GenPerceptError("the processing resolution must be a whole number of pixels.")
-        options = PredictOptions(processing_res=None if res is None else int(float(res)),
-                                 formats=",".join(formats or ()), workers=2)
+        res = None
+        if processing_res not in (None, ""):
+            try:
+                res = int(float(processing_res))
+                whole = res == float(processing_res)
+            except (TypeError, ValueError, OverflowError):
+                whole = False
+            if not whole:
+                raise GenPerceptError("the processing resolution must be a whole number of pixels.")
+        options = PredictOptions(processing_res=res, formats=",".join(formats or ()), workers=2)
         return spec, options.validate(spec)
 
     def predict_images(self, uploads: list, names: list, resolutions: list, formats: list) -> list[Result]:
@@ -287,9 +292,9 @@ class Demo:
         goes to the server's console; the page gets one sentence."""
         from .predict import run_predict
 
-        pipe, loaded = self.cache.get(name, spec, self.device, self.dtype)
-        began = time.perf_counter()
         try:
+            pipe, loaded = self.cache.get(name, spec, self.device, self.dtype)
+            began = time.perf_counter()
             report = run_predict(pipe, images, folder, options)
         except GenPerceptError:
             raise

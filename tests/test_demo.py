@@ -127,10 +127,11 @@ def test_a_bad_request_in_a_batch_leaves_the_others_running(tmp_path, checkpoint
     demo = Demo(DemoModels([folder]), root, device="cpu", dtype="fp32",
                 cache=ModelCache(lambda spec, device, dtype: depth_pipe))
     photo = _photo(root / "up" / "a.png")
-    results = demo.predict_images([photo, photo, photo], [folder, "nope", folder], [64, 64, -1], [(), (), ()])
+    results = demo.predict_images([photo] * 4, [folder, "nope", folder, folder], [64, 64, -1, 64.5], [()] * 4)
     assert results[0].files and results[0].message.startswith("a.png: depth by")
     assert results[1].message == "'nope' is not a model this page offers; choose one from the list."
     assert results[2].message.startswith("--processing-res must be") and not results[2].files
+    assert results[3].message == "the processing resolution must be a whole number of pixels."
 
 
 def test_compare_names_each_models_time(tmp_path, checkpoint_root):
@@ -203,3 +204,17 @@ def test_request_folders_older_than_an_hour_are_removed(tmp_path):
     os.utime(old, (stale, stale))
     new = demo._folder()
     assert not old.exists() and recent.is_dir() and new.is_dir()
+
+
+def test_a_bug_shows_one_sentence_on_the_page_and_its_traceback_on_the_console(tmp_path, checkpoint_root):
+    def broken(spec, device, dtype):
+        raise RuntimeError("boom")
+
+    folder = str(checkpoint_root / "unet_depth_v2")
+    root = tmp_path / "page"
+    demo = Demo(DemoModels([folder]), root, device="cpu", dtype="fp32", cache=ModelCache(broken))
+    logged = []
+    demo.log = logged.append
+    result = demo.predict_images([_photo(root / "up" / "a.png")], [folder], [64], [()])[0]
+    assert result.message == "the model failed (RuntimeError); the server's console has the details."
+    assert "Traceback" in logged[0] and "boom" in logged[0] and not result.files
