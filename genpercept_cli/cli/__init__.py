@@ -16,6 +16,7 @@ from .bench import bench_speed
 from .checkpoints import checkpoints_command
 from .console import console, make_progress, tolerate_narrow_encodings
 from .convert import convert_command
+from .demo import demo_command
 from .eval import eval_command
 from .predict import predict_command
 from .train import train_command
@@ -88,6 +89,7 @@ app.command("bench-speed")(bench_speed)
 app.command("eval")(eval_command)
 app.command("convert")(convert_command)
 app.command("train")(train_command)
+app.command("demo")(demo_command)
 
 
 def _raise_terminated(signum, frame):
