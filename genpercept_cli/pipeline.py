@@ -103,10 +103,11 @@ class GenPerceptPipeline:
         backend: torch, onnxruntime, openvino or auto (`backends.resolve_backend`; None: torch, or an exported
         folder's engine): an engine replaces only the model (exported once into the cache; `log` hears of it).
         """
-        from .backends import engine_model, resolve_backend
+        from .backends import engine_model, is_exported, resolve_backend
 
         spec = checkpoint if isinstance(checkpoint, CheckpointSpec) else resolve_checkpoint(checkpoint, task)
-        device = torch.device("cpu") if backend not in (None, "torch") and device in (None, "auto") else device
+        on_engine = backend in ("onnxruntime", "openvino") or (backend is None and is_exported(spec))
+        device = "cpu" if on_engine and device in (None, "auto") else device  # engines run on the CPU
         device = resolve_device(device)
         backend = resolve_backend(backend, device, spec, dtype)
         if backend != "torch":

@@ -131,6 +131,8 @@ def _sha256(path: Path) -> str:
 
 
 def exporter_versions(fmt: str) -> dict[str, str]:
+    """Versions of what writes and checks an export (a missing extra raises BackendError naming it)."""
+    require(ENGINE_OF[fmt])  # the check after export runs the graph on its engine
     versions = {"genpercept": __version__, "export_version": str(EXPORT_VERSION), "torch": torch.__version__,
                 "onnx": require("onnx").__version__}
     if fmt == "openvino":

@@ -17,6 +17,7 @@ from .checkpoints import checkpoints_command
 from .console import console, make_progress, tolerate_narrow_encodings
 from .convert import convert_command
 from .eval import eval_command
+from .export import export_command
 from .predict import predict_command
 from .train import train_command
 
@@ -87,6 +88,7 @@ app.command("checkpoints")(checkpoints_command)
 app.command("bench-speed")(bench_speed)
 app.command("eval")(eval_command)
 app.command("convert")(convert_command)
+app.command("export")(export_command)
 app.command("train")(train_command)
 
 

@@ -37,6 +37,7 @@ def predict_command(
     start: float = typer.Option(0.0, help="Videos: first second to predict."),
     end: float | None = typer.Option(None, help="Videos: second to stop before (default: the end)."),
     temporal: str = typer.Option("align", help="Videos: align affine depth/disparity over time (align) or not (none)."),
+    backend: str | None = typer.Option(None, help="torch, onnxruntime, openvino or auto (CPU: the engine measured fastest, fp32); engines run an exported folder, or export the checkpoint once into the cache (default: torch, or the exported folder's engine)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the modules (slow first batch per image size; pays off on long GPU runs)."),
     fov: float | None = typer.Option(None, help="ply/glb: horizontal field of view in degrees (default: from the photo's EXIF 35 mm focal length, else 55)."),
     depth_range: str | None = typer.Option(None, help="ply/glb of affine-invariant depth or disparity: NEAR,FAR distances its [0, 1] maps onto (default 1,10; the result is up to scale and shift)."),
@@ -73,11 +74,13 @@ def predict_command(
     from ..pipeline import GenPerceptPipeline
 
     with console.status(f"loading checkpoint {escape(spec.name)} ({spec.task})"):
-        pipe = GenPerceptPipeline.from_checkpoint(spec, device=rank_device(device, dist), dtype=dtype, compile=compile)
+        pipe = GenPerceptPipeline.from_checkpoint(spec, device=rank_device(device, dist), dtype=dtype, compile=compile,
+                                                  backend=backend, log=_note)
     options = replace(options, batch_size=options.batch_size or auto_batch_size(pipe, options.processing_res))
     console.print(
         f"[dim]model loaded in {time.perf_counter() - loading:.1f} s: batch={options.batch_size} device={pipe.device} "
-        f"dtype={str(pipe.dtype).removeprefix('torch.')}" + (f" ranks={dist.world}" if dist.active else "") + "[/]",
+        f"dtype={str(pipe.dtype).removeprefix('torch.')}" + (f" ranks={dist.world}" if dist.active else "")
+        + (f" backend={pipe.model.backend}" if hasattr(pipe.model, "backend") else "") + "[/]",
         highlight=False,
     )
     began = time.perf_counter()
@@ -92,6 +95,10 @@ def predict_command(
     console.print(_summary(scan, report, failed, pipe, elapsed), highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _note(message: str) -> None:
+    console.print(f"[dim]{escape(message)}[/]", highlight=False)
 
 
 def _summary(scan, report, failed: list, pipe, elapsed: float) -> str:
