@@ -145,15 +145,21 @@ def export_checkpoint(files, fmt: str, out: Path, log: Callable[[str], None] = l
     its genpercept.json. Refuses (BackendError, nothing left behind) a model the check finds different."""
     from ..models import build_model
 
-    if fmt not in FORMATS:
-        raise BackendError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
-    versions = exporter_versions(fmt)  # a missing extra is found before the model loads
-    if out.exists() and any(out.iterdir()):
-        raise BackendError(f"{out} already exists and is not empty; choose another --output or delete it.")
+    exporter_versions(fmt)  # a missing extra is found before the model loads
     log(f"loading {files.spec.name}")
     model = build_model(files, torch.float32).eval()
     exportable(model, files.spec)
-    hashes = checkpoint_hashes(files)
+    return export_model(model, files.spec, fmt, out, checkpoint_hashes(files), log)
+
+
+def export_model(model, spec, fmt: str, out: Path, hashes: dict | None = None,
+                 log: Callable[[str], None] = lambda message: None) -> dict:
+    """Export an fp32 `DenseModel` of checkpoint `spec` into the new folder `out` (see export_checkpoint)."""
+    if fmt not in FORMATS:
+        raise BackendError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    versions = exporter_versions(fmt)
+    if out.exists() and any(out.iterdir()):
+        raise BackendError(f"{out} already exists and is not empty; choose another --output or delete it.")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -165,7 +171,7 @@ def export_checkpoint(files, fmt: str, out: Path, log: Callable[[str], None] = l
             write_openvino(tmp / MODEL_FILES["onnx"], tmp / MODEL_FILES["openvino"])
         log("checking the exported model against PyTorch")
         diff = check_export(model, tmp / MODEL_FILES[fmt], ENGINE_OF[fmt])
-        manifest = _manifest(files.spec, model, fmt, hashes, versions, diff)
+        manifest = _manifest(spec, model, fmt, hashes or {}, versions, diff)
         (tmp / SPEC_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if out.exists():
             out.rmdir()  # empty (checked above): rename onto it
