@@ -17,11 +17,11 @@ from tiny_models import write_checkpoint_root, write_dpt_checkpoint
 from typer.testing import CliRunner
 
 from genpercept_cli.backends import BackendError, resolve_backend
-from genpercept_cli.backends.engines import onnxruntime_runner, openvino_runner
 from genpercept_cli.backends.export import export_checkpoint
 from genpercept_cli.checkpoints import CheckpointSpec, fetch_checkpoint, resolve_checkpoint
 from genpercept_cli.cli import app
 from genpercept_cli.models import build_model
+from genpercept_cli.models.exported import onnxruntime_runner, openvino_runner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOLERANCE = 1e-5  # max |Δ| on the [0, 1] outputs, fp32 engines against fp32 PyTorch

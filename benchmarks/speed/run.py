@@ -307,8 +307,9 @@ def _run_engine(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_ima
                 runner) -> dict:
     """The pipe's model exported as one graph (timed), run by ONNX Runtime or OpenVINO through the same
     runner; the first call is timed on its own (the engine plans for each new shape), then `measure`."""
-    from genpercept_cli.backends.export import export_model, load_exported
+    from genpercept_cli.backends.export import export_model
     from genpercept_cli.checkpoints import resolve_checkpoint
+    from genpercept_cli.models.exported import load_exported
     from genpercept_cli.pipeline import GenPerceptPipeline
 
     fmt = "onnx" if p.name == "onnxruntime" else "openvino"

@@ -26,11 +26,9 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
 from ..checkpoints import SPEC_FILE
 from ..errors import CheckpointError
-from ..models.exported import ENGINE_OF
-from .engines import ENGINES, BackendError, EngineModel, available, require, runner
+from ..models.exported import ENGINE_OF, ENGINES, BackendError, EngineModel, available, load_exported, require, runner
 
 FORMATS = ("onnx", "openvino")
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
@@ -52,7 +50,7 @@ def is_exported(spec) -> bool:
 def resolve_backend(backend: str | None, device: torch.device, spec, dtype) -> str:
     """torch, onnxruntime or openvino for a run: None is torch, or the engine an exported folder was
     written for; auto is torch on CUDA, else the measured fastest engine that is installed (fp32 only)."""
-    from .engines import BACKENDS
+    from ..models.exported import BACKENDS
 
     if backend not in (None, *BACKENDS):
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
@@ -68,24 +66,6 @@ def resolve_backend(backend: str | None, device: torch.device, spec, dtype) -> s
     if backend != "torch" and device.type != "cpu":
         raise BackendError(f"the {backend} backend runs on the CPU; use --device cpu, or --backend torch on {device}.")
     return backend
-
-
-# -- exported folders ------------------------------------------------------------------------------
-def load_exported(folder: Path, spec, backend: str | None = None, dtype: torch.dtype = torch.float32) -> EngineModel:
-    """The EngineModel of an exported folder (its genpercept.json read by `checkpoints`, here `spec`)."""
-    params = spec.family_params
-    backend = backend or ENGINE_OF[spec.family]
-    try:
-        processing, name = params["processing"], params["file"]
-        complete = all(key in processing for key in ("channels", "size_rule", "round_input", "output_antialias"))
-    except (KeyError, TypeError):
-        complete = False
-    if not complete:
-        raise BackendError(f"{folder}/{SPEC_FILE} is not that of an exported model; export it again.") from None
-    path = folder / name
-    if not path.is_file() or path.stat().st_size == 0:
-        raise BackendError(f"{folder} lacks {name} (or it is empty); export the model again.")
-    return EngineModel(runner(path, backend, dtype), backend, spec.task, spec.kind, processing)
 
 
 # -- export ----------------------------------------------------------------------------------------
@@ -133,7 +113,13 @@ def _sha256(path: Path) -> str:
 def exporter_versions(fmt: str) -> dict[str, str]:
     """Versions of what writes and checks an export (a missing extra raises BackendError naming it)."""
     require(ENGINE_OF[fmt])  # the check after export runs the graph on its engine
-    versions = {"genpercept": __version__, "export_version": str(EXPORT_VERSION), "torch": torch.__version__,
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("genpercept")  # not `genpercept_cli.__version__`: the package imports the pipeline, us
+    except PackageNotFoundError:
+        ours = "unknown"
+    versions = {"genpercept": ours, "export_version": str(EXPORT_VERSION), "torch": torch.__version__,
                 "onnx": require("onnx").__version__}
     if fmt == "openvino":
         versions["openvino"] = require("openvino").__version__

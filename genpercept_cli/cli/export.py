@@ -19,10 +19,10 @@ def export_command(
     task: str | None = typer.Option(None, help="The task, where the checkpoint's folder does not say."),
 ):
     """Export a model (encoder, U-Net, decoder or head) as one graph with dynamic batch, height and width."""
-    from ..backends.engines import BackendError
     from ..backends.export import FORMATS, MODEL_FILES, check_source, exporter_versions
     from ..checkpoints import resolve_checkpoint
     from ..files import check_writable
+    from ..models.exported import BackendError
 
     if format not in FORMATS:
         raise BackendError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
