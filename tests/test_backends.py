@@ -226,6 +226,8 @@ def test_auto_backend_is_the_measured_engine_on_cpu_torch_elsewhere():
     assert resolve_backend("auto", cpu, spec, "bf16") == "torch"  # never trades accuracy silently
     assert resolve_backend("auto", cuda, spec, "auto") == "torch"
     assert resolve_backend(None, cpu, spec, "auto") == "torch"
+    meta = CheckpointSpec(name="metaprompts-nyu", task="depth", output="depth", family="metaprompts")
+    assert resolve_backend("auto", cpu, meta, "auto") == "torch"  # does not export: stays on torch
     with pytest.raises(BackendError, match="runs on the CPU"):
         resolve_backend("onnxruntime", cuda, spec, "auto")
     with pytest.raises(BackendError, match="unknown backend"):

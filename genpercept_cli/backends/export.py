@@ -56,10 +56,14 @@ def resolve_backend(backend: str | None, device: torch.device, spec, dtype) -> s
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if backend is None:
         backend = ENGINE_OF[spec.family] if is_exported(spec) else "torch"
-    elif backend == "auto":
+    elif backend == "auto" and is_exported(spec):
+        backend = ENGINE_OF[spec.family]
+    elif backend == "auto":  # an engine only where it is measured faster at the same accuracy, and exports
+        from ..models import family_of
+
         fp32 = dtype in (None, "auto", "fp32", "float32", torch.float32)
-        choice = next((b for b in MEASURED_CPU_ORDER if available(b)), "torch") if fp32 else "torch"
-        backend = choice if device.type == "cpu" or is_exported(spec) else "torch"
+        engine = next((b for b in MEASURED_CPU_ORDER if available(b)), "torch")
+        backend = engine if fp32 and device.type == "cpu" and family_of(spec).sd_one_step else "torch"
     if backend == "torch" and is_exported(spec):
         raise BackendError(f"{spec.name} is an exported {spec.family} model; run it with --backend "
                            f"{ENGINE_OF[spec.family]} (or openvino).")
