@@ -232,3 +232,23 @@ def test_auto_backend_is_the_measured_engine_on_cpu_torch_elsewhere():
         resolve_backend("onnxruntime", cuda, spec, "auto")
     with pytest.raises(BackendError, match="unknown backend"):
         resolve_backend("tensorrt", cpu, spec, "auto")
+
+
+def test_bench_speed_times_each_engine_as_a_protocol(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench-speed", "--random-weights", "--model-size", "tiny", "--resolution", "32",
+                                      "--device", "cpu", "--dtype", "fp32", "--protocol", "onnxruntime",
+                                      "--protocol", "openvino", "--repeats", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    runs = {r["label"]: r for r in json.loads(out.read_text())["runs"]}
+    assert list(runs) == ["genpercept", "onnxruntime", "openvino"]
+    for engine in ("onnxruntime", "openvino"):
+        run = runs[engine]
+        assert run["export_s"] > 0 and run["first_call_s"] > 0 and run["peak_memory_mb"] > 0
+        assert run["max_abs_diff_at_resolution"] <= TOLERANCE and run["check_max_abs_diff"] <= TOLERANCE
+
+
+def test_bench_engine_protocol_refuses_half_precision_before_work():
+    result = CliRunner().invoke(app, ["bench-speed", "--random-weights", "--model-size", "tiny", "--dtype", "bf16",
+                                      "--device", "cpu", "--protocol", "openvino"])
+    _one_error(result, "fp32 engines on the CPU")

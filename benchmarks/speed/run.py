@@ -315,7 +315,7 @@ def _run_engine(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_ima
     fmt = "onnx" if p.name == "onnxruntime" else "openvino"
     with tempfile.TemporaryDirectory(prefix=f"genpercept-bench-{fmt}-") as tmp:
         began = time.perf_counter()
-        export_model(pipe.model, pipe.spec, fmt, Path(tmp) / fmt)
+        manifest = export_model(pipe.model, pipe.spec, fmt, Path(tmp) / fmt)
         export_s = time.perf_counter() - began
         rss_before = _rss_mb()
         began = time.perf_counter()
@@ -328,8 +328,20 @@ def _run_engine(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_ima
         runner(engine)()
         first_call_s = time.perf_counter() - began
         result = measure(runner(engine), runner(engine), n_images, max(cfg.warmup - 1, 0), repeats, clock, memory)
+        max_diff = _max_difference(pipe, engine, cfg.resolution, cfg.seed)
     return {"batch_size": cfg.batch_size, "engine": p.name, "export_s": export_s, "engine_load_s": load_s,
-            "first_call_s": first_call_s, "exported_mb": disk_mb, "rss_before_engine_mb": rss_before, **result}
+            "first_call_s": first_call_s, "exported_mb": disk_mb, "rss_before_engine_mb": rss_before,
+            "check_max_abs_diff": manifest["family_params"]["check_max_abs_diff"],
+            "max_abs_diff_at_resolution": max_diff, **result}
+
+
+def _max_difference(pipe, engine, resolution: int, seed: int) -> float:
+    """max |Δ| between the engine's and the torch model's [0, 1] output on one random input at resolution²."""
+    import torch
+
+    x = torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    with torch.inference_mode():
+        return float((engine.model(x) - pipe.model(x).float()).abs().max())
 
 
 def _rss_mb() -> float:
