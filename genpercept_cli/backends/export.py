@@ -37,9 +37,10 @@ OPSET = 17
 TRACE_SHAPE = (2, 3, 45, 61)  # odd sizes: the general branches are traced; batch 2, so batch stays dynamic
 CHECK_SHAPES = ((1, 3, 45, 61), (3, 3, 37, 50), (1, 3, 64, 80))
 CHECK_TOLERANCE = 1e-4  # max |Δ| on the [0, 1] output (fp32 engines agree to ~1e-6 on the tiny models)
-# CPU, fp32: the engine bench-speed measured fastest on this class of machine (benchmarks/results, README
-# "Inference engines"); `--backend auto` takes the first one installed.
-MEASURED_CPU_ORDER = ("openvino", "onnxruntime")
+# CPU, fp32: the engines in the order bench-speed measured them on this class of machine (2-core AMD EPYC, no
+# AMX; benchmarks/results/engines_cpu_*_fp32.json): against diffusers' Marigold one step ONNX Runtime 1.18x at
+# 256² and 1.05x at 512², OpenVINO 0.97x and 1.09x. `--backend auto` takes the first one installed.
+MEASURED_CPU_ORDER = ("onnxruntime", "openvino")
 
 
 def is_exported(spec) -> bool:
