@@ -17,7 +17,7 @@ from tiny_models import write_checkpoint_root, write_dpt_checkpoint
 from typer.testing import CliRunner
 
 from genpercept_cli.backends import BackendError, resolve_backend
-from genpercept_cli.backends.export import export_checkpoint
+from genpercept_cli.backends.export import CHECK_TOLERANCE, export_checkpoint
 from genpercept_cli.checkpoints import CheckpointSpec, fetch_checkpoint, resolve_checkpoint
 from genpercept_cli.cli import app
 from genpercept_cli.models import build_model
@@ -245,7 +245,8 @@ def test_bench_speed_times_each_engine_as_a_protocol(tmp_path):
     for engine in ("onnxruntime", "openvino"):
         run = runs[engine]
         assert run["export_s"] > 0 and run["first_call_s"] > 0 and run["peak_memory_mb"] > 0
-        assert run["max_abs_diff_at_resolution"] <= TOLERANCE and run["check_max_abs_diff"] <= TOLERANCE
+        # bench-speed's random modules (not the checkpoints above): within the export check's tolerance
+        assert run["max_abs_diff_at_resolution"] <= CHECK_TOLERANCE and run["check_max_abs_diff"] <= CHECK_TOLERANCE
 
 
 def test_bench_engine_protocol_refuses_half_precision_before_work():
