@@ -72,6 +72,7 @@ class EvalOptions:
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 0  # samples per model batch; 0 = automatic (1 on CPU)
+    backend: str | None = None  # torch, onnxruntime, openvino, auto (genpercept_cli.backends); None: torch
 
 
 @dataclass
@@ -217,7 +218,7 @@ def evaluate(opts: EvalOptions, progress=None, pipe=None, dist=None) -> EvalResu
     if opts.predictions is None and pipe is None:
         from genpercept_cli.pipeline import GenPerceptPipeline
 
-        pipe = GenPerceptPipeline.from_checkpoint(spec, device=opts.device, dtype=opts.dtype)
+        pipe = GenPerceptPipeline.from_checkpoint(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend)
     if opts.multi_scale_flip:
         _set_multi_scale_flip(pipe, ds)
     scorer = make_scorer(ds, opts, space)

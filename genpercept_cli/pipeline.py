@@ -92,15 +92,30 @@ class GenPerceptPipeline:
         cache_dir: str | Path | None = None,
         fast_path: bool = True,
         compile: bool = False,
+        backend: str | None = None,
+        log=None,
     ) -> GenPerceptPipeline:
         """Resolve, fetch and load a checkpoint (registry name, hub id or local folder).
 
         fast_path: switch on what `bench-speed` measured to win for this device and dtype
         (`runtime.device.measured_fast_path`: none for fp32, so fp32 stays the exact SPEC §3 maths, unless
         GENPERCEPT_WINOGRAD=on asks for Winograd convolutions); compile: opt-in `torch.compile`.
+        backend: torch, onnxruntime, openvino or auto (`backends.resolve_backend`; None: torch, or an exported
+        folder's engine): an engine replaces only the model (exported once into the cache; `log` hears of it).
         """
+        from .backends import engine_model, is_exported, resolve_backend
+
         spec = checkpoint if isinstance(checkpoint, CheckpointSpec) else resolve_checkpoint(checkpoint, task)
+        on_engine = backend in ("onnxruntime", "openvino") or (backend is None and is_exported(spec))
+        device = "cpu" if on_engine and device in (None, "auto") else device  # engines run on the CPU
         device = resolve_device(device)
+        backend = resolve_backend(backend, device, spec, dtype)
+        if backend != "torch":
+            if compile:
+                raise GenPerceptError("--compile applies to the torch backend only.")
+            engine_dtype = resolve_dtype(dtype, device, torch.float32)  # engines: fp32 unless asked
+            model = engine_model(spec, backend, engine_dtype, cache_dir, log or (lambda message: None))
+            return cls(model, spec, device, torch.float32)  # the engine takes fp32 input whatever its precision
         dtype = resolve_dtype(dtype, device, family_of(spec).dtype)
         files = fetch_checkpoint(spec, cache_dir=cache_dir)
         pipe = cls(build_model(files, dtype).to(device), spec, device, dtype)

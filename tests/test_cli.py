@@ -21,7 +21,7 @@ COMMANDS = sorted(typer.main.get_command(app).commands)
 
 
 def test_every_command_is_listed():
-    assert COMMANDS == ["bench-speed", "checkpoints", "convert", "demo", "eval", "predict", "train"]
+    assert COMMANDS == ["bench-speed", "checkpoints", "convert", "demo", "eval", "export", "predict", "train"]
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

@@ -12,7 +12,7 @@ from genpercept_cli.errors import GenPerceptError
 from .presets import random_module
 
 _PROTOCOL = re.compile(
-    r"^(?P<name>genpercept|reference|marigold|diffusers)(?::(?P<s>\d+)x(?P<e>\d+))?(?:@(?P<r>\d+))?$"
+    r"^(?P<name>genpercept|reference|marigold|diffusers|onnxruntime|openvino)(?::(?P<s>\d+)x(?P<e>\d+))?(?:@(?P<r>\d+))?$"
 )
 
 
@@ -34,15 +34,18 @@ class Protocol:
 
 
 def parse_protocols(specs: list[str], steps: int, ensemble: int) -> list[Protocol]:
-    """'genpercept', 'reference', 'marigold' (uses steps/ensemble), 'marigold:SxE' or 'diffusers' (the
-    peer: diffusers' MarigoldDepthPipeline at one step), each with an optional '@N' repeat count. The
+    """'genpercept', 'reference', 'marigold' (uses steps/ensemble), 'marigold:SxE', 'diffusers' (the
+    peer: diffusers' MarigoldDepthPipeline at one step), 'onnxruntime' or 'openvino' (the same model
+    exported as one graph, run by that engine through the same runner), each with an optional '@N'
+    repeat count. The
     one-step protocol is always measured, first unless listed."""
     protocols = []
     for spec in specs:
         match = _PROTOCOL.match(spec.strip().lower())
         if not match:
             raise GenPerceptError(
-                f"unknown protocol {spec!r}; use genpercept, reference, marigold, marigold:SxE or diffusers, "
+                f"unknown protocol {spec!r}; use genpercept, reference, marigold, marigold:SxE, diffusers, "
+                "onnxruntime or openvino, "
                 "optionally followed by @N repeats (e.g. marigold:10x10@1)."
             )
         name, s, e, r = match["name"], match["s"], match["e"], match["r"]

@@ -182,6 +182,15 @@ def check_protocols(cfg: BenchConfig) -> None:
     """Refuse, before any model is built, a Marigold protocol on a checkpoint whose family lacks the SD
     one-step modules it runs (`models.Family.sd_one_step`)."""
     baselines = [p.label for p in cfg.protocols if p.name in ("marigold", "diffusers")]
+    engines = [p.name for p in cfg.protocols if p.name in ("onnxruntime", "openvino")]
+    if engines:
+        from genpercept_cli.backends.export import exporter_versions
+
+        for engine in engines:  # a missing extra is one sentence before any model is built
+            exporter_versions("onnx" if engine == "onnxruntime" else "openvino")
+        if cfg.dtype not in ("auto", "fp32", "float32") or cfg.device not in ("auto", "cpu") or cfg.compile:
+            raise GenPerceptError(f"the {', '.join(engines)} protocol runs fp32 engines on the CPU; use --device "
+                                  "cpu --dtype fp32 without --compile.")
     if cfg.checkpoint is None or not baselines:
         return
     from genpercept_cli.checkpoints import resolve_checkpoint
@@ -276,6 +285,8 @@ def _run_protocol(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_i
     if p.name == "genpercept":
         return {"batch_size": cfg.batch_size, **measure(runner(pipe), runner(pipe), n_images, cfg.warmup,
                                                         repeats, clock, memory)}
+    if p.name in ("onnxruntime", "openvino"):
+        return _run_engine(p, pipe, cfg, images, out, formats, n_images, repeats, clock, memory, runner)
     if p.name == "diffusers":
         with marigold_unet(pipe.model.unet) as unet:
             peer = DiffusersMarigoldPeer(pipe, unet, cfg.seed)
@@ -290,6 +301,58 @@ def _run_protocol(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_i
         result = measure(runner(target), runner(warm), n_images, cfg.warmup, repeats, clock, memory)
     return {"batch_size": cfg.batch_size, "steps": p.steps, "ensemble": p.ensemble,
             "warmup_protocol": f"marigold 1 step x {members} members", **result}
+
+
+def _run_engine(p: Protocol, pipe, cfg: BenchConfig, images, out, formats, n_images, repeats, clock, memory,
+                runner) -> dict:
+    """The pipe's model exported as one graph (timed), run by ONNX Runtime or OpenVINO through the same
+    runner; the first call is timed on its own (the engine plans for each new shape), then `measure`."""
+    from genpercept_cli.backends.export import export_model
+    from genpercept_cli.checkpoints import resolve_checkpoint
+    from genpercept_cli.models.exported import load_exported
+    from genpercept_cli.pipeline import GenPerceptPipeline
+
+    fmt = "onnx" if p.name == "onnxruntime" else "openvino"
+    with tempfile.TemporaryDirectory(prefix=f"genpercept-bench-{fmt}-") as tmp:
+        began = time.perf_counter()
+        manifest = export_model(pipe.model, pipe.spec, fmt, Path(tmp) / fmt)
+        export_s = time.perf_counter() - began
+        rss_before = _rss_mb()
+        began = time.perf_counter()
+        spec = resolve_checkpoint(str(Path(tmp) / fmt))
+        engine = GenPerceptPipeline(load_exported(spec.unet_dir, spec, p.name), pipe.spec, pipe.device, pipe.dtype)
+        load_s = time.perf_counter() - began
+        disk_mb = sum(f.stat().st_size for f in (Path(tmp) / fmt).iterdir()) / 2**20
+        memory.reset()
+        began = time.perf_counter()
+        runner(engine)()
+        first_call_s = time.perf_counter() - began
+        result = measure(runner(engine), runner(engine), n_images, max(cfg.warmup - 1, 0), repeats, clock, memory)
+        max_diff = _max_difference(pipe, engine, cfg.resolution, cfg.seed)
+    return {"batch_size": cfg.batch_size, "engine": p.name, "export_s": export_s, "engine_load_s": load_s,
+            "first_call_s": first_call_s, "exported_mb": disk_mb, "rss_before_engine_mb": rss_before,
+            "check_max_abs_diff": manifest["family_params"]["check_max_abs_diff"],
+            "max_abs_diff_at_resolution": max_diff, **result}
+
+
+def _max_difference(pipe, engine, resolution: int, seed: int) -> float:
+    """max |Δ| between the engine's and the torch model's [0, 1] output on one random input at resolution²."""
+    import torch
+
+    x = torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    with torch.inference_mode():
+        return float((engine.model(x) - pipe.model(x).float()).abs().max())
+
+
+def _rss_mb() -> float:
+    """The process's resident memory now, in MiB (0 where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _switches(p: Protocol, pipe, cfg: BenchConfig, channels_last: bool) -> dict:

@@ -18,6 +18,7 @@ from .console import console, make_progress, tolerate_narrow_encodings
 from .convert import convert_command
 from .demo import demo_command
 from .eval import eval_command
+from .export import export_command
 from .predict import predict_command
 from .train import train_command
 
@@ -88,6 +89,7 @@ app.command("checkpoints")(checkpoints_command)
 app.command("bench-speed")(bench_speed)
 app.command("eval")(eval_command)
 app.command("convert")(convert_command)
+app.command("export")(export_command)
 app.command("train")(train_command)
 app.command("demo")(demo_command)
 

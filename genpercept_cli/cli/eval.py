@@ -35,6 +35,7 @@ def eval_command(
     batch_size: int = typer.Option(0, help="Samples per model batch, bucketed by size; 0 = automatic (1 on CPU, by free memory on CUDA). Scores equal batch 1's."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", help="auto (the family's reference precision: fp32 for Meta Prompts; otherwise fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
+    backend: str | None = typer.Option(None, help="torch, onnxruntime, openvino or auto, as for predict (default: torch, or the exported folder's engine)."),
 ):
     """Score a checkpoint (or predictions on disk) on a zero-shot benchmark with the paper's protocol."""
     from benchmarks.datasets import DATASETS
@@ -95,7 +96,7 @@ def eval_command(
         space=space if predictions is None or checkpoint is None else _space_of(checkpoint, space, task),
         eth3d_subsample=eth3d_subsample, normal_mode=normal_mode, normal_flip=normal_flip,
         seg_convention=seg_convention, multi_scale_flip=multi_scale_flip, with_hce=hce, hce_variant=hce_variant, device=rank_device(device, dist),
-        dtype=dtype, batch_size=batch_size,
+        dtype=dtype, batch_size=batch_size, backend=backend,
     )
     with make_progress() as progress:
         tracker = GlobalProgress(progress if dist.is_main else None, dist)

@@ -37,6 +37,7 @@ def predict_command(
     start: float = typer.Option(0.0, help="Videos: first second to predict."),
     end: float | None = typer.Option(None, help="Videos: second to stop before (default: the end)."),
     temporal: str = typer.Option("align", help="Videos: align affine depth/disparity over time (align) or not (none)."),
+    backend: str | None = typer.Option(None, help="torch, onnxruntime, openvino or auto (CPU: the engine measured fastest, fp32); engines run an exported folder, or export the checkpoint once into the cache (default: torch, or the exported folder's engine)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the modules (slow first batch per image size; pays off on long GPU runs)."),
     fov: float | None = typer.Option(None, help="ply/glb: horizontal field of view in degrees (default: from the photo's EXIF 35 mm focal length, else 55)."),
     depth_range: str | None = typer.Option(None, help="ply/glb of affine-invariant depth or disparity: NEAR,FAR distances its [0, 1] maps onto (default 1,10; the result is up to scale and shift)."),
@@ -79,13 +80,15 @@ def predict_command(
     for spec in specs:
         with console.status(f"loading checkpoint {escape(spec.name)} ({spec.task})"):
             pipes.append(GenPerceptPipeline.from_checkpoint(spec, device=rank_device(device, dist), dtype=dtype,
-                                                            compile=compile))
+                                                            compile=compile, backend=backend, log=_note))
     batch = options[0].batch_size or min(auto_batch_size(p, o.processing_res) for p, o in zip(pipes, options))
     pipe = pipes[0]
     dtypes = ",".join(dict.fromkeys(str(p.dtype).removeprefix("torch.") for p in pipes))
+    backends = ",".join(dict.fromkeys(p.model.backend for p in pipes if hasattr(p.model, "backend")))
     console.print(
         f"[dim]{'model' if len(pipes) == 1 else f'{len(pipes)} models'} loaded in {time.perf_counter() - loading:.1f} "
-        f"s: batch={batch} device={pipe.device} dtype={dtypes}" + (f" ranks={dist.world}" if dist.active else "") + "[/]",
+        f"s: batch={batch} device={pipe.device} dtype={dtypes}" + (f" ranks={dist.world}" if dist.active else "")
+        + (f" backend={backends}" if backends else "") + "[/]",
         highlight=False,
     )
     began = time.perf_counter()
@@ -120,6 +123,10 @@ def _checkpoints(checkpoints: list[str], task: str | None) -> list:
         raise GenPerceptError(f"Checkpoint {twice!r} is given twice; give each model once.")
     per_model = tasks if len(tasks) > 1 else [tasks[0] if tasks else None] * len(checkpoints)
     return [resolve_checkpoint(ref, name) for ref, name in zip(checkpoints, per_model, strict=True)]
+
+
+def _note(message: str) -> None:
+    console.print(f"[dim]{escape(message)}[/]", highlight=False)
 
 
 def _summary(scan, report, failed: list, pipe, elapsed: float) -> str:

@@ -3,7 +3,7 @@
     from genpercept_cli.models import build_model, register_family, DenseModel, Family
 """
 
-from . import metaprompts  # noqa: F401  (registers the family)
+from . import exported, metaprompts  # noqa: F401  (register their families)
 from .base import FAMILIES, OUTPUT_KINDS, DenseModel, Family, build_model, family_of, register_family
 from .one_step import OneStepModel, OneStepParams
 
