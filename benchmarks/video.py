@@ -9,9 +9,9 @@ memory_huge_image.py).
 Flicker: mean |frame_t - frame_t-1| of a constructed panning depth sequence under a random per-frame
 scale (0.5-2) and shift (+-0.5) plus noise, before and after `temporal.ClipAlignment`.
 
-    python benchmarks/video.py --fps-frames 100 --repeats 1 --json benchmarks/results/video_cpu.json
+    python benchmarks/video.py --fps-frames 200 --repeats 5 --json benchmarks/results/video_cpu.json
 
-(the recorded run: 100 and 2000 frames, 2 cores shared with other jobs; `goals` in the JSON checks the issue's
+(the recorded run: 100 and 2000 frames, 2 cores of a quiet machine; `goals` in the JSON checks the issue's
 two targets: the long clip's peak within 5% of the short one's, the clip's frames/s at least 0.95x the images').
 """
 

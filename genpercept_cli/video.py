@@ -81,7 +81,9 @@ class ClipInfo:
     damage: str | None = None  # the file ends before the frames its header announces (in the range)
 
 
-def _open(path: Path):
+def _open(path: Path, threads: int = 0):
+    """The container and its first video stream, decoded by `threads` FFmpeg threads (0: FFmpeg's choice, one
+    per core)."""
     import av
 
     try:
@@ -101,6 +103,7 @@ def _open(path: Path):
         container.close()
         raise VideoReadError(f"{path}: its {which} is not one this FFmpeg build can decode.")
     stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = threads
     return container, stream
 
 
@@ -167,12 +170,12 @@ def upright(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, quarter)) if quarter else rgb
 
 
-def read_frames(path: Path, frames: FrameRange):
-    """The sampled frames of a clip in order, uint8 [H, W, 3] upright. A decoding error after some frames
-    raises VideoReadError naming how many were read."""
+def read_frames(path: Path, frames: FrameRange, threads: int = 0):
+    """The sampled frames of a clip in order, uint8 [H, W, 3] upright, decoded by `threads` FFmpeg threads (0:
+    one per core). A decoding error after some frames raises VideoReadError naming how many were read."""
     import av
 
-    container, stream = _open(path)
+    container, stream = _open(path, threads)
     taken = position = 0
     try:
         for frame in container.decode(stream):
@@ -200,10 +203,11 @@ class FrameSource:
     """Frame k of a clip for the runner's reader threads: decodes in order under a lock, keeping frames that
     were decoded for a later job until that job asks (at most the runner's read-ahead)."""
 
-    def __init__(self, path: Path, frames: FrameRange, count: int, first: int = 0):
-        """first: the first frame asked for (a resumed clip); earlier ones are decoded and dropped."""
+    def __init__(self, path: Path, frames: FrameRange, count: int, first: int = 0, threads: int = 0):
+        """first: the first frame asked for (a resumed clip); earlier ones are decoded and dropped. threads:
+        FFmpeg's decoder threads (read_frames)."""
         self.path, self.count, self.first = path, count, first
-        self._frames = read_frames(path, frames)
+        self._frames = read_frames(path, frames, threads)
         self._next = 0
         self._ahead: dict[int, np.ndarray] = {}
         self._error: str | None = None
@@ -511,7 +515,11 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, dist=None,
     batches = np.array_split(np.arange(-(-(info.frames - resumed) // batch_size)), dist.world)[dist.rank]
     first, stop = (resumed + int(batches[0]) * batch_size, min(info.frames, resumed + (int(batches[-1]) + 1)
                    * batch_size)) if len(batches) else (info.frames, info.frames)
-    source = FrameSource(path, frames, info.frames, first)
+    # On the CPU the model's threads take every core and FFmpeg's one-per-core decoder threads would take turns
+    # with them: one decoder thread stays ahead of the model there (benchmarks/video.py, 64² clip, 2 cores,
+    # frames/s median of 7: 63.2 with FFmpeg's threads, 77.4 with one; the same frames as PNGs 69.5).
+    on_cpu = all(str(getattr(member, "device", "cpu")).startswith("cpu") for member, _, _ in members)
+    source = FrameSource(path, frames, info.frames, first, threads=1 if on_cpu else 0)
 
     def load(job: Job) -> Loaded:
         return Loaded(job, pipe.model_input(source.frame(job.index), job.size), info.size)

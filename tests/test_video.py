@@ -77,6 +77,27 @@ def test_clip_outputs_have_one_frame_per_sampled_frame_in_order(tmp_path, checkp
     assert not list(out.rglob(".*"))  # no temp file left
 
 
+def test_on_the_cpu_a_clip_is_decoded_by_one_ffmpeg_thread_with_the_same_frames(tmp_path, checkpoint_root,
+                                                                                  monkeypatch):
+    from genpercept_cli import video
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=6)
+    one = list(read_frames(clip, FrameRange(), threads=1))
+    assert len(one) == 6 and all(np.array_equal(a, b) for a, b in zip(one, read_frames(clip, FrameRange())))
+    opened, real_open = [], video._open
+
+    def spy(path, threads=0):
+        container, stream = real_open(path, threads)
+        opened.append(stream.codec_context.thread_count)
+        return container, stream
+
+    monkeypatch.setattr(video, "_open", spy)
+    result = _predict(clip, "-o", tmp_path / "out", "-c", checkpoint_root / "unet_depth_v2", "--processing-res", "32",
+                      "--formats", "npy")
+    assert result.exit_code == 0, result.output
+    assert opened[-1] == 1  # the frames the model reads: one decoder thread beside torch's (probing may use more)
+
+
 def test_raw_frames_equal_predict_on_the_same_frames_as_images(tmp_path, checkpoint_root):
     clip = write_clip(tmp_path / "clip.mov", frames=9, h=31, w=45, codec="mpeg4")  # odd sizes
     frames = list(read_frames(clip, FrameRange(stride=3, max_frames=2)))
