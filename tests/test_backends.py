@@ -103,6 +103,28 @@ def _reuse_onnx(monkeypatch, folder):
     monkeypatch.setattr(export, "write_onnx", lambda model, path: shutil.copy(folder / "model.onnx", path))
 
 
+def test_exported_files_with_external_weights_get_the_umask_mode(exported, tmp_path, monkeypatch):
+    import onnx
+
+    import genpercept_cli.backends.export as export
+    from genpercept_cli.files import normal_file_mode
+
+    source, onnx_folder = exported["genpercept"]
+
+    def write_with_external_data(model, path):  # the branch an SD2.1-size graph (> 2 GB) takes
+        graph = onnx.load(str(onnx_folder / "model.onnx"))
+        onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=0)
+
+    monkeypatch.setattr(export, "write_onnx", write_with_external_data)
+    out = tmp_path / "onnx"
+    result = CliRunner().invoke(app, ["export", "-c", str(source), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert sorted(modes) == ["genpercept.json", "model.onnx", "model.onnx.data"]
+    assert set(modes.values()) == {normal_file_mode()}, modes  # onnx writes the .data file 0600
+
+
 def test_export_openvino_cli_writes_ir_equal_to_torch(exported, tmp_path, monkeypatch):
     source, onnx_folder = exported["genpercept"]
     _reuse_onnx(monkeypatch, onnx_folder)
@@ -139,6 +161,33 @@ def test_predict_onnxruntime_writes_what_torch_writes(exported, photos, tmp_path
         for name in ("exported", "openvino"):
             got = np.load(tmp_path / name / f"{stem}_pred.npy")
             assert got.shape == expected.shape and np.abs(got - expected).max() <= TOLERANCE
+
+
+def test_eval_onnxruntime_scores_what_torch_scores(exported, tmp_path):
+    from _archives import write_tar
+    from test_datasets import NYU_TAR, nyu_files
+
+    source, folder = exported["genpercept"]
+    files, _ = nyu_files(np.random.default_rng(0))
+    write_tar(tmp_path / "data" / NYU_TAR, files)
+    reports, saved = {}, {}
+    runs = {"torch": ["-c", str(source)], "onnxruntime": ["-c", str(folder), "--backend", "onnxruntime"]}
+    for name, model in runs.items():
+        saved[name] = tmp_path / f"saved-{name}"
+        result = CliRunner().invoke(app, ["eval", "-d", "nyu", "--data-dir", str(tmp_path / "data"), *model,
+                                          "--limit", "2", "--processing-res", "64", "--save-predictions",
+                                          str(saved[name]), "-o", str(tmp_path / f"{name}.json")])
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    stems = sorted(p.relative_to(saved["torch"]) for p in saved["torch"].rglob("*_pred.npy"))
+    assert len(stems) == 2 and stems == sorted(p.relative_to(saved["onnxruntime"])
+                                               for p in saved["onnxruntime"].rglob("*_pred.npy"))
+    for stem in stems:
+        diff = np.abs(np.load(saved["onnxruntime"] / stem) - np.load(saved["torch"] / stem)).max()
+        assert diff <= TOLERANCE
+    for key in ("absrel", "delta1", "rmse"):
+        assert reports["onnxruntime"]["metrics"][key] == pytest.approx(reports["torch"]["metrics"][key], rel=1e-4)
+    assert reports["torch"]["metrics"]["absrel"] > 0  # a random model: the scores are not trivially equal
 
 
 def test_checkpoint_is_exported_once_into_the_cache(exported, photos, tmp_path, monkeypatch):

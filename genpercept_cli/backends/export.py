@@ -28,6 +28,7 @@ import torch
 
 from ..checkpoints import SPEC_FILE
 from ..errors import CheckpointError
+from ..files import normal_file_mode
 from ..models.exported import ENGINE_OF, ENGINES, BackendError, EngineModel, available, load_exported, require, runner
 
 FORMATS = ("onnx", "openvino")
@@ -164,6 +165,8 @@ def export_model(model, spec, fmt: str, out: Path, hashes: dict | None = None,
         diff = check_export(model, tmp / MODEL_FILES[fmt], ENGINE_OF[fmt])
         manifest = _manifest(spec, model, fmt, hashes or {}, versions, diff)
         (tmp / SPEC_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        for path in tmp.iterdir():  # onnx writes its external data file 0600: readable as every other file
+            os.chmod(path, normal_file_mode())
         if out.exists():
             out.rmdir()  # empty (checked above): rename onto it
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,12 +176,12 @@ def export_model(model, spec, fmt: str, out: Path, hashes: dict | None = None,
     return manifest
 
 
-def write_onnx(model, path: Path) -> None:
-    """Trace `model.forward` into one ONNX graph at `path`, dynamic batch/height/width; weights over 2 GB go
-    to one external file beside it (model.onnx.data)."""
+def write_onnx(model, path: Path, example: torch.Tensor | None = None) -> None:
+    """Trace `model.forward` on `example` (default: an image of TRACE_SHAPE in [-1, 1]) into one ONNX graph at
+    `path`, dynamic batch/height/width; weights over 2 GB go to one external file beside it (model.onnx.data)."""
     raw = path.parent / "raw"
     raw.mkdir()
-    x = torch.rand(TRACE_SHAPE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x = torch.rand(TRACE_SHAPE, generator=torch.Generator().manual_seed(0)) * 2 - 1 if example is None else example
     axes = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about the size branches the trace fixes (see above)
