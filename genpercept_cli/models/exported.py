@@ -74,6 +74,17 @@ class EngineModel(DenseModel):
 def onnxruntime_runner(path: Path):
     """run(x float32 [B, 3, h, w]) -> [B, C, h', w'] through an ONNX Runtime CPU session of `path`."""
     ort = require("onnxruntime")
+    try:
+        session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+        raise BackendError(f"{path} cannot be loaded by ONNX Runtime ({_first_line(exc)}).") from None
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def session_options():
+    """The ONNX Runtime session options of the onnxruntime backend."""
+    ort = require("onnxruntime")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # No arena (shapes vary from bucket to bucket) and no pre-packed weight copies. Measured against the
@@ -82,12 +93,7 @@ def onnxruntime_runner(path: Path):
     options.enable_cpu_mem_arena = False
     options.add_session_config_entry("session.disable_prepacking", "1")
     options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-        raise BackendError(f"{path} cannot be loaded by ONNX Runtime ({_first_line(exc)}).") from None
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
+    return options
 
 
 def openvino_runner(path: Path, dtype: torch.dtype = torch.float32):
