@@ -36,7 +36,9 @@ from .video import VIDEO_SUFFIXES, is_video
 
 MAX_COMPARE = 3  # models side by side on the Compare tab
 KEEP_SECONDS = 3600  # a request's files (and Gradio's copies of them) are kept this long, then removed
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "photos"  # a source checkout's photos
+EXAMPLES = Path(__file__).resolve().parent / "examples" / "photos"  # what the wheel carries (pyproject)
+if not EXAMPLES.is_dir():
+    EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "photos"  # a source checkout's
 
 
 @dataclass(frozen=True)
@@ -357,7 +359,8 @@ def cleanup(root: Path) -> None:
 
 
 def copy_examples(root: Path) -> list[Path]:
-    """examples/photos (a source checkout's) copied into the page's folder, where uploads are read from."""
+    """examples/photos (the wheel's, or a source checkout's) copied into the page's folder, where uploads are
+    read from."""
     if not EXAMPLES.is_dir():
         return []
     target = root / "examples"
