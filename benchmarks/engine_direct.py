@@ -136,7 +136,7 @@ def parts(res: int, repeats: int, preset: str) -> dict:
             began = time.perf_counter()
             write_onnx(_part_module(call), folder / "model.onnx", example=x)
             export_s = time.perf_counter() - began
-            options = _session_options(ort, folder)
+            options = _session_options(folder)
             session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
             feed = {session.get_inputs()[0].name: x.numpy()}
             with torch.inference_mode(), FlopCounterMode(display=False) as counter:
@@ -197,8 +197,8 @@ def _part_module(call):
     return Part()
 
 
-def _session_options(ort, folder: Path):
-    """`models.exported`'s options (read back from a session it builds), with profiling into `folder`."""
+def _session_options(folder: Path):
+    """The onnxruntime backend's session options (`models.exported`), with profiling into `folder`."""
     from genpercept_cli.models.exported import session_options
 
     options = session_options()

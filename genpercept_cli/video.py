@@ -518,7 +518,7 @@ def predict_clip(pipe, path: Path, stem: Path, opts, batch_size: int, dist=None,
     # On the CPU the model's threads take every core and FFmpeg's one-per-core decoder threads would take turns
     # with them: one decoder thread stays ahead of the model there (benchmarks/video.py, 64² clip, 2 cores,
     # frames/s median of 7: 63.2 with FFmpeg's threads, 77.4 with one; the same frames as PNGs 69.5).
-    on_cpu = all(str(getattr(member, "device", "cpu")).startswith("cpu") for member, _, _ in members)
+    on_cpu = all(member.device.type == "cpu" for member, _, _ in members)
     source = FrameSource(path, frames, info.frames, first, threads=1 if on_cpu else 0)
 
     def load(job: Job) -> Loaded:
